@@ -1,0 +1,3 @@
+"""jitaccess: self-hosted just-in-time privileged access."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Adapters: the database, the connectors, the policy file format."""

@@ -1,0 +1,1 @@
+"""Connectors: where access becomes real in a target system."""

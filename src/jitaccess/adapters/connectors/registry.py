@@ -1,0 +1,74 @@
+"""Finds the connector for each target: built-in and third-party connectors register through
+the `jitaccess.connectors` entry-point group; a class there needs `from_target(target)`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Protocol, cast
+
+from jitaccess.domain.errors import ConnectorError
+from jitaccess.domain.policy import Policy, Target
+from jitaccess.ports import Connector
+
+GROUP = "jitaccess.connectors"
+
+
+class ConnectorClass(Protocol):
+    per_grant_account: bool
+
+    def from_target(self, target: Target) -> Connector: ...
+
+
+def connector_types() -> dict[str, ConnectorClass]:
+    return {ep.name: cast(ConnectorClass, ep.load()) for ep in entry_points(group=GROUP)}
+
+
+class ConnectorRegistry:
+    """One connector instance per target definition, made on first use and kept."""
+
+    def __init__(self, policy: Callable[[], Policy]) -> None:
+        self._policy = policy
+        self._types = connector_types()
+        self._instances: dict[Target, Connector] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, cls: Any) -> None:
+        self._types[name] = cls
+
+    def _type(self, target: Target) -> ConnectorClass:
+        cls = self._types.get(target.type)
+        if cls is None:
+            raise ConnectorError(
+                f"target {target.name}: no connector of type {target.type!r} is installed "
+                f"(known: {', '.join(sorted(self._types))})"
+            )
+        return cls
+
+    def _target(self, name: str) -> Target:
+        target = self._policy().targets.get(name)
+        if target is None:
+            raise ConnectorError(f"target {name!r} is not in the policy in force")
+        return target
+
+    def for_target(self, target: str) -> Connector:
+        definition = self._target(target)
+        with self._lock:
+            instance = self._instances.get(definition)
+            if instance is None:
+                instance = self._type(definition).from_target(definition)
+                self._instances[definition] = instance
+            return instance
+
+    def per_grant_account(self, target: str) -> bool:
+        return bool(self._type(self._target(target)).per_grant_account)
+
+    def close(self) -> None:
+        with self._lock:
+            for instance in self._instances.values():
+                close = getattr(instance, "close", None)
+                if callable(close):
+                    close()
+            self._instances.clear()

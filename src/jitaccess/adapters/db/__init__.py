@@ -1,0 +1,1 @@
+"""The database adapter: SQLAlchemy Core tables, repositories and the unit of work."""

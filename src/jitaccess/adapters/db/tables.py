@@ -1,0 +1,138 @@
+"""The schema, mapped outside the domain. Alembic migrations create exactly these tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python; naive UTC in the database, so SQLite sorts them right."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+metadata = MetaData()
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("requester", String(64), nullable=False, index=True),
+    Column("roles", JSON, nullable=False),
+    Column("duration_s", Integer, nullable=False),
+    Column("justification", Text, nullable=False),
+    Column("ticket", String(200)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("policy_version", Integer, nullable=False),
+    Column("start_at", UTCDateTime),
+    Column("state", String(16), nullable=False, index=True),
+    Column("pending_until", UTCDateTime),
+    Column("decided_at", UTCDateTime),
+    Column("approvals", JSON, nullable=False),
+    Column("grant_ids", JSON, nullable=False),
+    Column("extends_grant_id", String(40)),
+    Column("due_at", UTCDateTime, index=True),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("request_id", String(40), nullable=False, index=True),
+    Column("principal", String(64), nullable=False),
+    Column("role", String(128), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("access_key", String(300), nullable=False, index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("starts_at", UTCDateTime, nullable=False),
+    Column("ends_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),
+    Column("end_reason", String(16)),
+    Column("ended_by", String(64)),
+    Column("end_comment", Text),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime),
+    Column("failing_since", UTCDateTime),
+    Column("flagged_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("due_at", UTCDateTime, index=True),
+    Column("credentials", LargeBinary),
+    Column("credentials_fetched_at", UTCDateTime),
+    Index("ix_grants_principal_role", "principal", "role"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False, index=True),
+    Column("subject", String(300), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("justification", Text),
+    Column("ticket", String(200)),
+    Column("comment", Text),
+    Column("data", JSON, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# One row; locking it serialises appends so concurrent writers still form one chain.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("digest", String(64), nullable=False),
+    Column("document", JSON, nullable=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+    Column("applied_by", String(64), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("principal", String(64), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)

@@ -1,0 +1,256 @@
+"""An in-memory unit of work: the storage ports without a database, for unit tests and
+Hypothesis state machines. One transaction at a time; rollback restores a snapshot.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+
+from jitaccess.audit.chain import GENESIS, seal
+from jitaccess.domain.model import (
+    HOLDING_GRANT_STATES,
+    LIVE_GRANT_STATES,
+    Grant,
+    Request,
+    RequestState,
+)
+from jitaccess.ports import ApiToken, AuditEntry, AuditRecord, PolicyVersion
+
+
+@dataclass
+class MemoryStore:
+    requests: dict[str, Request] = field(default_factory=dict)
+    grants: dict[str, Grant] = field(default_factory=dict)
+    credentials: dict[str, bytes | None] = field(default_factory=dict)
+    audit: list[AuditRecord] = field(default_factory=list)
+    policies: list[PolicyVersion] = field(default_factory=list)
+    tokens: dict[str, ApiToken] = field(default_factory=dict)
+    wakeups: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+class _Requests:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def add(self, request: Request) -> None:
+        self.store.requests[request.id] = copy.deepcopy(request)
+
+    def get(self, request_id: str, *, for_update: bool = False) -> Request | None:
+        found = self.store.requests.get(request_id)
+        return copy.deepcopy(found) if found else None
+
+    def save(self, request: Request) -> None:
+        self.store.requests[request.id] = copy.deepcopy(request)
+
+    def list(
+        self, *, requester: str | None = None, state: str | None = None, limit: int = 200
+    ) -> list[Request]:
+        rows = [
+            r
+            for r in self.store.requests.values()
+            if (requester is None or r.requester == requester)
+            and (state is None or r.state == state)
+        ]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return copy.deepcopy(rows[:limit])
+
+    def due(self, now: datetime, limit: int) -> list[Request]:
+        rows = [
+            r
+            for r in self.store.requests.values()
+            if r.state is RequestState.PENDING and r.due_at is not None and r.due_at <= now
+        ]
+        return copy.deepcopy(sorted(rows, key=lambda r: r.created_at)[:limit])
+
+
+class _Grants:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def add(self, grant: Grant) -> None:
+        self.store.grants[grant.id] = copy.deepcopy(grant)
+
+    def get(self, grant_id: str, *, for_update: bool = False) -> Grant | None:
+        found = self.store.grants.get(grant_id)
+        return copy.deepcopy(found) if found else None
+
+    def save(self, grant: Grant) -> None:
+        self.store.grants[grant.id] = copy.deepcopy(grant)
+
+    def list(
+        self,
+        *,
+        principal: str | None = None,
+        state: str | None = None,
+        request_id: str | None = None,
+        limit: int = 200,
+    ) -> list[Grant]:
+        rows = [
+            g
+            for g in self.store.grants.values()
+            if (principal is None or g.principal == principal)
+            and (state is None or g.state == state)
+            and (request_id is None or g.request_id == request_id)
+        ]
+        rows.sort(key=lambda g: g.created_at, reverse=True)
+        return copy.deepcopy(rows[:limit])
+
+    def holding(self, access_key: str, *, exclude: str) -> list[Grant]:
+        return copy.deepcopy(
+            [
+                g
+                for g in self.store.grants.values()
+                if g.access_key == access_key
+                and g.id != exclude
+                and g.state in HOLDING_GRANT_STATES
+            ]
+        )
+
+    def live_for(self, principal: str, role: str) -> list[Grant]:
+        return copy.deepcopy(
+            [
+                g
+                for g in self.store.grants.values()
+                if g.principal == principal and g.role == role and g.state in LIVE_GRANT_STATES
+            ]
+        )
+
+    def due(self, now: datetime, limit: int) -> list[Grant]:
+        rows = [g for g in self.store.grants.values() if g.due_at is not None and g.due_at <= now]
+        return copy.deepcopy(sorted(rows, key=lambda g: (g.due_at or now, g.id))[:limit])
+
+    def next_due_at(self) -> datetime | None:
+        dues = [g.due_at for g in self.store.grants.values() if g.due_at is not None]
+        dues += [r.due_at for r in self.store.requests.values() if r.due_at is not None]
+        return min(dues, default=None)
+
+    def set_credentials(self, grant_id: str, sealed: bytes) -> None:
+        self.store.credentials[grant_id] = sealed
+
+    def take_credentials(self, grant_id: str) -> bytes | None:
+        sealed = self.store.credentials.get(grant_id)
+        if sealed is not None:
+            self.store.credentials[grant_id] = None
+        return sealed
+
+    def credentials_fetched(self, grant_id: str) -> bool:
+        return grant_id in self.store.credentials and self.store.credentials[grant_id] is None
+
+
+class _Audit:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def append(self, entry: AuditEntry) -> None:
+        last = self.store.audit[-1] if self.store.audit else None
+        self.store.audit.append(seal(last.seq if last else 0, last.hash if last else GENESIS, entry))
+
+    def records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        return [r for r in self.store.audit if r.seq > after][:limit]
+
+    def last(self, limit: int) -> list[AuditRecord]:
+        return self.store.audit[-limit:]
+
+    def iterate(self, batch: int = 5000) -> Iterator[AuditRecord]:
+        return iter(list(self.store.audit))
+
+
+class _Policies:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def current(self) -> PolicyVersion | None:
+        return self.store.policies[-1] if self.store.policies else None
+
+    def get(self, version: int) -> PolicyVersion | None:
+        return next((p for p in self.store.policies if p.version == version), None)
+
+    def add(self, version: PolicyVersion) -> None:
+        self.store.policies.append(version)
+
+
+class _Tokens:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def add(self, token: ApiToken) -> None:
+        self.store.tokens[token.id] = token
+
+    def find(self, token_hash: str) -> ApiToken | None:
+        return next((t for t in self.store.tokens.values() if t.token_hash == token_hash), None)
+
+    def get(self, token_id: str) -> ApiToken | None:
+        return self.store.tokens.get(token_id)
+
+    def save(self, token: ApiToken) -> None:
+        self.store.tokens[token.id] = token
+
+    def list(self, principal: str | None = None) -> list[ApiToken]:
+        return [t for t in self.store.tokens.values() if principal in (None, t.principal)]
+
+
+class MemoryUnitOfWork:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.requests = _Requests(store)
+        self.grants = _Grants(store)
+        self.audit = _Audit(store)
+        self.policies = _Policies(store)
+        self.tokens = _Tokens(store)
+        self._snapshot: dict[str, object] = {}
+        self._wake = False
+
+    def __enter__(self) -> MemoryUnitOfWork:
+        self.store.lock.acquire()
+        self._take_snapshot()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.rollback()
+        finally:
+            self.store.lock.release()
+
+    def _take_snapshot(self) -> None:
+        self._snapshot = {
+            name: copy.copy(getattr(self.store, name))
+            for name in ("requests", "grants", "credentials", "audit", "policies", "tokens")
+        }
+        self._wake = False
+
+    def commit(self) -> None:
+        if self._wake:
+            self.store.wakeups += 1
+        self._take_snapshot()
+
+    def rollback(self) -> None:
+        for name, value in self._snapshot.items():
+            setattr(self.store, name, copy.copy(value))
+        self._rebind()
+        self._wake = False
+
+    def _rebind(self) -> None:
+        for repo in (self.requests, self.grants, self.audit, self.policies, self.tokens):
+            repo.store = self.store
+
+    def wake_worker(self) -> None:
+        self._wake = True
+
+
+class MemoryUnitOfWorkFactory:
+    def __init__(self, store: MemoryStore | None = None) -> None:
+        self.store = store or MemoryStore()
+
+    def __call__(self) -> MemoryUnitOfWork:
+        return MemoryUnitOfWork(self.store)

@@ -1,0 +1,311 @@
+"""Load policy YAML (one or more files) into a validated `Policy`; write it back as a document.
+
+Every problem is collected with its file, line and key path; nothing is built unless all pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import Node
+
+from jitaccess.adapters.policy_schema import (
+    EligibilityDraft,
+    FileDraft,
+    FileWalk,
+    Loc,
+    RoleDraft,
+    join,
+)
+from jitaccess.domain.durations import format_duration
+from jitaccess.domain.errors import PolicyInvalid, PolicyProblem
+from jitaccess.domain.policy import (
+    ApprovalPolicy,
+    Policy,
+    PrincipalRef,
+    Role,
+    Stage,
+    Target,
+    User,
+)
+
+__all__ = ["load_policy_files", "load_policy_text", "policy_digest", "policy_to_document"]
+
+FILE_SEPARATOR = "# --- file: "
+
+
+def load_policy_text(text: str, filename: str = "<policy>") -> Policy:
+    """Parse and validate one YAML document; raise PolicyInvalid listing every problem."""
+    return _build([_walk(text, filename)], [])
+
+
+def load_policy_files(paths: Sequence[str | Path]) -> tuple[Policy, str]:
+    """Merge several YAML files into one policy; return it with the combined source to store."""
+    drafts: list[FileDraft] = []
+    problems: list[PolicyProblem] = []
+    chunks: list[str] = []
+    if not paths:
+        problems.append(PolicyProblem("<policy>", 1, "(file)", "no policy file given"))
+    for path in paths:
+        name = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(PolicyProblem(name, 1, "(file)", f"cannot read the file: {exc}"))
+            continue
+        body = text if text.endswith("\n") or not text else text + "\n"
+        chunks.append(f"{FILE_SEPARATOR}{name}\n{body}")
+        drafts.append(_walk(text, name))
+    return _build(drafts, problems), "".join(chunks)
+
+
+def _walk(text: str, filename: str) -> FileDraft:
+    walk = FileWalk(filename)
+    try:
+        # compose, not load: nodes keep their line numbers and no object is ever constructed.
+        root: Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = "; ".join(part for part in (exc.context, exc.problem) if part) or str(exc)
+        line = mark.line + 1 if mark else 1
+        walk.draft.problems.append(
+            PolicyProblem(filename, line, "(document)", f"YAML syntax error: {reason}")
+        )
+        return walk.draft
+    except yaml.YAMLError as exc:
+        position = getattr(exc, "position", 0)
+        line = text.count("\n", 0, position) + 1
+        walk.draft.problems.append(
+            PolicyProblem(filename, line, "(document)", f"not YAML: {str(exc).splitlines()[0]}")
+        )
+        return walk.draft
+    except RecursionError:
+        walk.draft.problems.append(
+            PolicyProblem(filename, 1, "(document)", "the document is nested too deeply")
+        )
+        return walk.draft
+    walk.document(root)
+    return walk.draft
+
+
+class _Merged:
+    """All files together: the second definition of a name is the one reported."""
+
+    def __init__(self, drafts: list[FileDraft], problems: list[PolicyProblem]) -> None:
+        self.problems = problems
+        self.users: dict[str, tuple[User, Loc]] = {}
+        self.targets: dict[str, tuple[Target, Loc]] = {}
+        self.roles: dict[str, RoleDraft] = {}
+        self.eligibility: list[EligibilityDraft] = []
+        self.admins: list[PrincipalRef] = []
+        self.auditors: list[PrincipalRef] = []
+        self.refs: list[tuple[PrincipalRef, Loc]] = []
+        for draft in drafts:
+            problems.extend(draft.problems)
+            for name, (user, loc) in draft.users.items():
+                self._define("user", name, loc, self.users, (user, loc), self.users.get(name))
+            for name, (target, loc) in draft.targets.items():
+                self._define(
+                    "target", name, loc, self.targets, (target, loc), self.targets.get(name)
+                )
+            for name, role in draft.roles.items():
+                earlier = self.roles.get(name)
+                self._define("role", name, role.loc, self.roles, role, earlier)
+            self.eligibility += draft.eligibility
+            self.admins += draft.admins
+            self.auditors += draft.auditors
+            self.refs += draft.refs
+        self.members: dict[str, set[str]] = {}
+        for user, _ in self.users.values():
+            for group in user.groups:
+                self.members.setdefault(group, set()).add(user.name)
+
+    def _define(self, what: str, name: str, loc: Loc, into: Any, value: Any, earlier: Any) -> None:
+        if earlier is None:
+            into[name] = value
+            return
+        first = earlier.loc if isinstance(earlier, RoleDraft) else earlier[1]
+        self.problems.append(loc.problem(f"{what} '{name}' is already defined at {first.where()}"))
+
+    def check(self, files: dict[str, int]) -> None:
+        for ref, loc in self.refs:
+            if ref.kind == "user" and ref.name not in self.users:
+                self.problems.append(loc.problem(f"unknown principal '{ref}'"))
+            elif ref.kind == "group" and ref.name not in self.members:
+                self.problems.append(loc.problem(f"unknown group '{ref.name}' (no user has it)"))
+        for draft in self.roles.values():
+            self._check_role(draft)
+        for row in self.eligibility:
+            for name, loc in row.roles:
+                if name not in self.roles:
+                    self.problems.append(loc.problem(f"unknown role '{name}'"))
+        self.problems.sort(key=lambda p: (files.get(p.file, -1), p.line))
+
+    def _check_role(self, draft: RoleDraft) -> None:
+        role = draft.role
+        found = self.targets.get(role.target)
+        if role.target and found is None:
+            self.problems.append(
+                draft.target_loc.problem(f"role on a missing target '{role.target}'")
+            )
+        walk = FileWalk(draft.loc.file)
+        target_type = found[0].type if found else None
+        grants = walk.grants(
+            draft.grants_node, join(draft.loc.key, "grants"), draft.loc, target_type
+        )
+        self.problems += walk.draft.problems
+        draft.role = replace(role, grants=grants)
+        for stage, loc in draft.stages:
+            people = self._people(stage.approvers + stage.escalate_to)
+            if stage.min_approvals > len(people):
+                self.problems.append(
+                    loc.problem(
+                        f"min_approvals {stage.min_approvals} can never be satisfied: only "
+                        f"{len(people)} {'person' if len(people) == 1 else 'people'} "
+                        f"can approve stage '{stage.name}'"
+                    )
+                )
+
+    def _people(self, refs: tuple[PrincipalRef, ...]) -> set[str]:
+        people: set[str] = set()
+        for ref in refs:
+            if ref.kind == "user" and ref.name in self.users:
+                people.add(ref.name)
+            elif ref.kind == "group":
+                people |= self.members.get(ref.name, set())
+        return people
+
+    def policy(self) -> Policy:
+        return Policy(
+            users={name: self.users[name][0] for name in sorted(self.users)},
+            targets={name: self.targets[name][0] for name in sorted(self.targets)},
+            roles={name: self.roles[name].role for name in sorted(self.roles)},
+            eligibility=tuple(row.row for row in self.eligibility),
+            admins=tuple(self.admins),
+            auditors=tuple(self.auditors),
+        )
+
+
+def _build(drafts: list[FileDraft], problems: list[PolicyProblem]) -> Policy:
+    merged = _Merged(drafts, problems)
+    merged.check({draft.file: i for i, draft in enumerate(drafts)})
+    if merged.problems:
+        raise PolicyInvalid(merged.problems)
+    return merged.policy()
+
+
+# --- canonical document ---------------------------------------------------------------------
+def policy_to_document(policy: Policy) -> dict[str, Any]:
+    """The policy as plain JSON data in the YAML shape; loading it gives an equal Policy."""
+    doc = {
+        "version": 1,
+        "admins": [str(ref) for ref in policy.admins],
+        "auditors": [str(ref) for ref in policy.auditors],
+        "users": {name: _user(user) for name, user in policy.users.items()},
+        "targets": {name: _target(target) for name, target in policy.targets.items()},
+        "roles": {name: _role(role) for name, role in policy.roles.items()},
+        "eligibility": [
+            _optional(
+                {
+                    "principals": [str(ref) for ref in row.principals],
+                    "roles": list(row.roles),
+                    "from": row.valid_from.isoformat() if row.valid_from else None,
+                    "until": row.valid_until.isoformat() if row.valid_until else None,
+                }
+            )
+            for row in policy.eligibility
+        ],
+    }
+    result: dict[str, Any] = _sorted(doc)
+    return result
+
+
+def policy_digest(policy: Policy) -> str:
+    """sha256 of the canonical JSON: equal policies have equal digests, whatever the YAML."""
+    text = json.dumps(policy_to_document(policy), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _user(user: User) -> dict[str, Any]:
+    return _optional({"kind": user.kind.value, "email": user.email, "groups": list(user.groups)})
+
+
+def _target(target: Target) -> dict[str, Any]:
+    connection = None
+    if target.connection is not None:
+        connection = _optional({"env": target.connection.env, "file": target.connection.file})
+    return _optional(
+        {"type": target.type, "connection": connection, "options": _pairs(target.options)}
+    )
+
+
+def _role(role: Role) -> dict[str, Any]:
+    req = role.require
+    return _optional(
+        {
+            "target": role.target,
+            "description": role.description,
+            "grants": _pairs(role.grants),
+            "duration": {
+                "default": format_duration(role.duration.default),
+                "max": format_duration(role.duration.max),
+                "min": format_duration(role.duration.min),
+            },
+            "require": _optional(
+                {
+                    "justification": req.justification,
+                    "justification_min_length": req.justification_min_length,
+                    "ticket": req.ticket,
+                    "mfa": req.mfa,
+                }
+            ),
+            "approval": _approval(role.approval) if role.approval else None,
+        }
+    )
+
+
+def _approval(approval: ApprovalPolicy) -> dict[str, Any]:
+    return {
+        "pending_ttl": format_duration(approval.pending_ttl),
+        "on_extend": approval.on_extend.value,
+        "stages": [_stage(stage) for stage in approval.stages],
+    }
+
+
+def _stage(stage: Stage) -> dict[str, Any]:
+    after = stage.escalate_after
+    return _optional(
+        {
+            "name": stage.name,
+            "approvers": [str(ref) for ref in stage.approvers],
+            "min_approvals": stage.min_approvals,
+            "all_groups": stage.all_groups,
+            "deny_threshold": stage.deny_threshold,
+            "escalate_after": format_duration(after) if after is not None else None,
+            # the loader only accepts escalate_to together with escalate_after
+            "escalate_to": [str(ref) for ref in stage.escalate_to] if after is not None else None,
+        }
+    )
+
+
+def _pairs(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in pairs}
+
+
+def _optional(fields: dict[str, Any]) -> dict[str, Any]:
+    # None means "not set": the key is left out, exactly as a person would write it.
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value

@@ -1,0 +1,1 @@
+"""The hash-chained audit log: each record's hash covers its content and the previous hash."""

@@ -1,0 +1,129 @@
+"""Hashing and verifying the audit chain; pure functions so anyone can verify an export offline.
+
+hash(n) = sha256(hash(n-1) || canonical JSON of record n), with hash(0) = 64 zeros. Editing,
+deleting or reordering any record breaks the link at that record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from jitaccess.ports import AuditEntry, AuditRecord
+
+GENESIS = "0" * 64
+
+
+def format_time(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical(seq: int, entry: AuditEntry) -> bytes:
+    body: dict[str, Any] = {
+        "seq": seq,
+        "at": format_time(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "subject": entry.subject,
+        "outcome": entry.outcome,
+        "justification": entry.justification,
+        "ticket": entry.ticket,
+        "comment": entry.comment,
+        "data": dict(entry.data),
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def chain_hash(prev_hash: str, seq: int, entry: AuditEntry) -> str:
+    digest = hashlib.sha256(prev_hash.encode("ascii"))
+    digest.update(canonical(seq, entry))
+    return digest.hexdigest()
+
+
+def seal(prev_seq: int, prev_hash: str, entry: AuditEntry) -> AuditRecord:
+    """The record that follows (prev_seq, prev_hash); a chain starts from (0, GENESIS)."""
+    seq = prev_seq + 1
+    return AuditRecord(
+        seq=seq, entry=entry, prev_hash=prev_hash, hash=chain_hash(prev_hash, seq, entry)
+    )
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    records: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    head: str = GENESIS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+            "head": self.head,
+        }
+
+
+def verify(records: Iterable[AuditRecord]) -> Verification:
+    """Recompute the chain in order; name the first record that does not fit."""
+    expected_seq, prev_hash, count = 1, GENESIS, 0
+    for record in records:
+        if record.seq != expected_seq:
+            reason = (
+                f"record {expected_seq} is missing (found {record.seq} next)"
+                if record.seq > expected_seq
+                else f"record {record.seq} is out of order"
+            )
+            return Verification(False, count, expected_seq, reason, prev_hash)
+        if record.prev_hash != prev_hash:
+            return Verification(
+                False, count, record.seq, "does not link to the previous record", prev_hash
+            )
+        if chain_hash(prev_hash, record.seq, record.entry) != record.hash:
+            return Verification(
+                False, count, record.seq, "content does not match its hash (edited)", prev_hash
+            )
+        prev_hash, expected_seq, count = record.hash, expected_seq + 1, count + 1
+    return Verification(True, count, head=prev_hash)
+
+
+def record_to_dict(record: AuditRecord) -> dict[str, Any]:
+    entry = record.entry
+    return {
+        "seq": record.seq,
+        "at": format_time(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "subject": entry.subject,
+        "outcome": entry.outcome,
+        "justification": entry.justification,
+        "ticket": entry.ticket,
+        "comment": entry.comment,
+        "data": dict(entry.data),
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    }
+
+
+def record_from_dict(data: Mapping[str, Any]) -> AuditRecord:
+    at = datetime.strptime(str(data["at"]), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    entry = AuditEntry(
+        actor=str(data["actor"]),
+        action=str(data["action"]),
+        subject=str(data["subject"]),
+        at=at,
+        outcome=str(data.get("outcome", "ok")),
+        justification=data.get("justification"),
+        ticket=data.get("ticket"),
+        comment=data.get("comment"),
+        data=dict(data.get("data") or {}),
+    )
+    return AuditRecord(
+        seq=int(data["seq"]), entry=entry, prev_hash=str(data["prev_hash"]), hash=str(data["hash"])
+    )

@@ -1,0 +1,1 @@
+"""Entrypoints: the HTTP API, the CLI and the worker loop."""

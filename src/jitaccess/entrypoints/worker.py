@@ -1,0 +1,137 @@
+"""The worker loop: sleep until the next due item, wake early when told, handle what is due.
+
+Nothing polls on a fixed interval. A commit that makes something due sooner wakes the loop:
+in the same process through an Event, across processes through PostgreSQL LISTEN/NOTIFY.
+A long safety sleep (JITACCESS_WORKER_MAX_SLEEP_SECONDS) only guards against a lost signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import psycopg
+from sqlalchemy.exc import DBAPIError
+
+from jitaccess.adapters.db.unit_of_work import NOTIFY_CHANNEL
+from jitaccess.bootstrap import Container
+from jitaccess.domain.errors import Unavailable
+from jitaccess.services.run_due_work import WorkerOptions, WorkReport, run_due_work
+
+log = logging.getLogger("jitaccess.worker")
+
+
+def options_from(container: Container) -> WorkerOptions:
+    s = container.settings
+    return WorkerOptions(
+        lease=timedelta(seconds=s.worker_lease_seconds),
+        flag_after=timedelta(seconds=s.flag_after_seconds),
+        retry_cap=s.retry_cap_seconds,
+    )
+
+
+class Worker:
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self.options = options_from(container)
+        self.stop = threading.Event()
+        self.passes = 0
+        self.last_report = WorkReport()
+        self._executor = ThreadPoolExecutor(
+            container.settings.worker_threads, thread_name_prefix="jit-connector"
+        )
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._spawn(self.run, "jit-worker")
+        if self.container.engine.dialect.name == "postgresql":
+            self._spawn(self._listen, "jit-listen")
+
+    def _spawn(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self.stop.set()
+        self.container.wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            self.container.wake.clear()
+            try:
+                report = self.run_once()
+                failures = 0
+            except (Unavailable, DBAPIError) as error:
+                failures += 1
+                delay = min(5.0, 0.2 * 2**failures)
+                log.warning(
+                    "database unavailable (%s); retrying in %.1fs", type(error).__name__, delay
+                )
+                self.container.wake.wait(delay)
+                continue
+            if report.did_anything:
+                continue  # more may be due right behind what we just handled
+            self.container.wake.wait(self.seconds_until_due())
+
+    def run_once(self) -> WorkReport:
+        report = run_due_work(
+            self.container.uow,
+            self.container.clock,
+            self.container.connectors,
+            self.container.box,
+            self.options,
+            self._executor,
+        )
+        self.passes += 1
+        self.last_report = report
+        for error in report.errors:
+            log.warning("connector failure, will retry: %s", error)
+        return report
+
+    def seconds_until_due(self) -> float:
+        with self.container.uow.readonly() as uow:
+            due = uow.grants.next_due_at()
+        cap = self.container.settings.worker_max_sleep_seconds
+        if due is None:
+            return cap
+        wait = (due - self.container.clock.now()).total_seconds()
+        return max(0.0, min(cap, wait + 0.001))
+
+    def _listen(self) -> None:
+        """Forward PostgreSQL notifications on the due channel to the wake event."""
+        url = self.container.engine.url.set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        while not self.stop.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.container.wake.set()  # we may have missed something while away
+                    while not self.stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.container.wake.set()
+            except psycopg.Error as error:
+                log.warning("LISTEN connection lost (%s); reconnecting", type(error).__name__)
+                time.sleep(1.0)
+
+
+def run_worker(container: Container) -> None:
+    """`jitaccess worker`: the loop alone, in the foreground, until interrupted."""
+    worker = Worker(container)
+    worker.start()
+    try:
+        while not worker.stop.is_set():
+            worker.stop.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        worker.shutdown()

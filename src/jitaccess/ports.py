@@ -1,0 +1,257 @@
+"""The ports: what the services need from the outside world, as Protocols.
+
+Adapters (adapters/db, adapters/connectors) implement them; bootstrap.py wires them together;
+in-memory fakes implement them for unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from jitaccess.domain.model import Grant, Request
+from jitaccess.domain.policy import Policy, Target
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+# --- connectors -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one grant gives one principal in one target; the unit connectors work on."""
+
+    grant_id: str
+    principal: str
+    role: str
+    target: str
+    grants: Mapping[str, Any]
+    starts_at: datetime
+    ends_at: datetime
+
+
+@dataclass(frozen=True)
+class ExistingAccess:
+    """Access found in a target by `list_access` (for drift detection and tests)."""
+
+    principal: str | None
+    account: str
+    grant_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Connector(Protocol):
+    """Provisions and removes access in one target. Every operation is idempotent.
+
+    `revoke` returns only when the access is confirmed gone (sessions included); otherwise it
+    raises `ConnectorError` and the worker retries. `provision` returns credentials to hand to
+    the grantee once (or None when the access needs none).
+    """
+
+    #: True when every grant gets its own account (postgres login role per grant), so grants
+    #: never share access; False when access is shared state (a group membership) that must be
+    #: reference-counted across overlapping grants.
+    per_grant_account: bool
+
+    def provision(self, access: Access) -> Mapping[str, str] | None: ...
+
+    def revoke(self, access: Access) -> None: ...
+
+    def extend(self, access: Access) -> None:
+        """Move the end of live access to `access.ends_at` (e.g. PostgreSQL VALID UNTIL)."""
+        ...
+
+    def list_access(self) -> list[ExistingAccess]: ...
+
+    def check(self) -> None:
+        """Raise ConnectorError when the target cannot be reached or used."""
+        ...
+
+
+class ConnectorFactory(Protocol):
+    def __call__(self, target: Target) -> Connector: ...
+
+
+class Connectors(Protocol):
+    """The connector of each target of the current policy."""
+
+    def for_target(self, target: str) -> Connector: ...
+
+    def per_grant_account(self, target: str) -> bool:
+        """Whether the target's connector type gives each grant its own account."""
+        ...
+
+
+# --- persistence ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One thing that happened (or was refused). Never holds a secret."""
+
+    actor: str
+    action: str
+    subject: str
+    at: datetime
+    outcome: str = "ok"  # "ok" | "refused"
+    justification: str | None = None
+    ticket: str | None = None
+    comment: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    entry: AuditEntry
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    version: int
+    policy: Policy
+    document: Mapping[str, Any]
+    digest: str
+    applied_at: datetime
+    applied_by: str
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    id: str
+    principal: str
+    token_hash: str
+    created_at: datetime
+    created_by: str
+    description: str = ""
+    revoked_at: datetime | None = None
+
+
+class RequestRepository(Protocol):
+    def add(self, request: Request) -> None: ...
+
+    def get(self, request_id: str, *, for_update: bool = False) -> Request | None: ...
+
+    def save(self, request: Request) -> None: ...
+
+    def list(
+        self, *, requester: str | None = None, state: str | None = None, limit: int = 200
+    ) -> list[Request]: ...
+
+    def due(self, now: datetime, limit: int) -> list[Request]:
+        """Pending requests past their pending TTL, locked (skipping rows others hold)."""
+        ...
+
+
+class GrantRepository(Protocol):
+    def add(self, grant: Grant) -> None: ...
+
+    def get(self, grant_id: str, *, for_update: bool = False) -> Grant | None: ...
+
+    def save(self, grant: Grant) -> None: ...
+
+    def list(
+        self,
+        *,
+        principal: str | None = None,
+        state: str | None = None,
+        request_id: str | None = None,
+        limit: int = 200,
+    ) -> list[Grant]: ...
+
+    def holding(self, access_key: str, *, exclude: str) -> list[Grant]:
+        """Other grants in activating/active state sharing `access_key`."""
+        ...
+
+    def live_for(self, principal: str, role: str) -> list[Grant]: ...
+
+    def due(self, now: datetime, limit: int) -> list[Grant]:
+        """Grants whose due_at has passed, locked (skipping rows another worker holds)."""
+        ...
+
+    def next_due_at(self) -> datetime | None: ...
+
+    def set_credentials(self, grant_id: str, sealed: bytes) -> None: ...
+
+    def take_credentials(self, grant_id: str) -> bytes | None:
+        """Return the sealed credentials once and erase them."""
+        ...
+
+    def credentials_fetched(self, grant_id: str) -> bool: ...
+
+
+class AuditLog(Protocol):
+    def append(self, entry: AuditEntry) -> None:
+        """Add `entry` to the current transaction; it is chained and stored at commit, after
+        every other write, so a failed audit write fails the whole change."""
+        ...
+
+    def records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
+
+    def last(self, limit: int) -> list[AuditRecord]: ...
+
+    def iterate(self, batch: int = 5000) -> Iterator[AuditRecord]: ...
+
+
+class PolicyRepository(Protocol):
+    def current(self) -> PolicyVersion | None: ...
+
+    def get(self, version: int) -> PolicyVersion | None: ...
+
+    def add(self, version: PolicyVersion) -> None: ...
+
+
+class TokenRepository(Protocol):
+    def add(self, token: ApiToken) -> None: ...
+
+    def find(self, token_hash: str) -> ApiToken | None: ...
+
+    def get(self, token_id: str) -> ApiToken | None: ...
+
+    def save(self, token: ApiToken) -> None: ...
+
+    def list(self, principal: str | None = None) -> list[ApiToken]: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction. Leaving the block without commit() rolls back.
+
+    Write transactions are serialised per row (`SELECT ... FOR UPDATE` on PostgreSQL, the whole
+    database with `BEGIN IMMEDIATE` on SQLite).
+    """
+
+    requests: RequestRepository
+    grants: GrantRepository
+    audit: AuditLog
+    policies: PolicyRepository
+    tokens: TokenRepository
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def wake_worker(self) -> None:
+        """After commit, wake the workers: something became due sooner than they planned."""
+        ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self) -> AbstractContextManager[UnitOfWork]: ...
+
+
+class SecretBox(Protocol):
+    """Seals credentials at rest; only the server key opens them."""
+
+    def seal(self, plaintext: bytes) -> bytes: ...
+
+    def open(self, sealed: bytes) -> bytes: ...

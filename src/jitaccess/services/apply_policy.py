@@ -1,0 +1,67 @@
+"""Use case: apply a new policy version — atomic, versioned, audited; unchanged is a no-op."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jitaccess.domain.errors import Forbidden
+from jitaccess.domain.policy import Policy
+from jitaccess.ports import Clock, PolicyVersion, UnitOfWork
+from jitaccess.services.context import audit, refuse
+
+
+def apply_policy(
+    uow: UnitOfWork,
+    clock: Clock,
+    *,
+    policy: Policy,
+    document: Mapping[str, Any],
+    digest: str,
+    actor: str,
+    on_server_host: bool = False,
+    summarize: Callable[[Policy | None, Policy], list[str]] | None = None,
+) -> PolicyVersion | None:
+    """Store `policy` as the next version; None when it equals the current one.
+
+    Through the API only an admin of the policy in force may apply; on the server host (CLI
+    talking to the database directly) the operator is trusted, as with `token create`.
+    """
+    now = clock.now()
+    current = uow.policies.current()
+    if current is not None and not on_server_host and not current.policy.is_admin(actor):
+        raise refuse(
+            uow,
+            now,
+            actor,
+            "policy.apply",
+            "policy",
+            Forbidden("only an admin can change the policy", rule="not-an-admin"),
+        )
+    if current is not None and current.digest == digest:
+        return None
+    version = PolicyVersion(
+        version=(current.version + 1) if current else 1,
+        policy=policy,
+        document=document,
+        digest=digest,
+        applied_at=now,
+        applied_by=actor,
+    )
+    uow.policies.add(version)
+    changes = summarize(current.policy if current else None, policy) if summarize else []
+    audit(
+        uow,
+        now,
+        actor,
+        "policy.applied",
+        f"policy/v{version.version}",
+        data={
+            "version": version.version,
+            "digest": digest,
+            "previous": current.version if current else None,
+            "changes": changes[:200],
+        },
+    )
+    uow.commit()
+    return version

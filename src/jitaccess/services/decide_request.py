@@ -1,0 +1,64 @@
+"""Use case: an approver approves or denies a pending request, with a comment."""
+
+from __future__ import annotations
+
+from jitaccess.domain import approvals
+from jitaccess.domain.errors import Conflict, JitAccessError, NotFound
+from jitaccess.domain.model import Approval, Decision, Request, RequestState
+from jitaccess.ports import Clock, Connectors, UnitOfWork
+from jitaccess.services.context import audit, current_policy, refuse
+from jitaccess.services.grant_issuing import issue_grants
+
+
+def decide_request(
+    uow: UnitOfWork,
+    clock: Clock,
+    connectors: Connectors,
+    *,
+    request_id: str,
+    approver: str,
+    decision: Decision,
+    comment: str = "",
+) -> Request:
+    now = clock.now()
+    action = f"request.{decision.value}"
+    # The row lock makes a double click in two processes decide once: the second waits, then
+    # sees the request is no longer pending and is refused with Conflict.
+    request = uow.requests.get(request_id, for_update=True)
+    if request is None:
+        raise refuse(uow, now, approver, action, request_id, NotFound(f"no request {request_id}"))
+    policy = uow.policies.get(request.policy_version) or current_policy(uow)
+    try:
+        if request.state is not RequestState.PENDING:
+            raise Conflict(
+                f"request {request.id} is {request.state.value}; decisions are closed",
+                rule="stale-decision",
+            )
+        marks = approvals.count_decision(policy.policy, request, approver, now)
+        if request.has_decided(approver):
+            raise Conflict(
+                f"{approver} has already decided on request {request.id}", rule="decided-twice"
+            )
+    except JitAccessError as error:
+        raise refuse(uow, now, approver, action, request.id, error) from None
+
+    request.record(Approval(approver, decision, comment, now, marks))
+    audit(
+        uow,
+        now,
+        approver,
+        "request.approval" if decision is Decision.APPROVE else "request.denial",
+        request.id,
+        comment=comment,
+        data={"stages": [f"{m.role}#{m.stage}" for m in marks]},
+    )
+    if decision is Decision.DENY and approvals.is_denied(policy.policy, request):
+        request.deny(now)
+        audit(uow, now, approver, "request.denied", request.id, comment=comment)
+    elif decision is Decision.APPROVE and approvals.is_fully_approved(policy.policy, request):
+        request.approve(now)
+        audit(uow, now, approver, "request.approved", request.id, comment=comment)
+        issue_grants(uow, connectors, policy.policy, request, now)
+    uow.requests.save(request)
+    uow.commit()
+    return request

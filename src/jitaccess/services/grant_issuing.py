@@ -1,0 +1,108 @@
+"""Turning an approved request into grants (or, for an extension request, a longer grant)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from jitaccess.domain.errors import Conflict
+from jitaccess.domain.model import Grant, GrantState, Request, new_id
+from jitaccess.domain.policy import Policy
+from jitaccess.domain.rules import extension_end
+from jitaccess.ports import Access, Connectors, UnitOfWork
+from jitaccess.services.context import audit
+
+
+def access_key(
+    connectors: Connectors, policy: Policy, grant_id: str, principal: str, role: str
+) -> str:
+    """Grants with the same key share access in the target and are reference-counted."""
+    target = policy.roles[role].target
+    if connectors.per_grant_account(target):
+        return f"{target}|grant|{grant_id}"
+    return f"{target}|{principal}|{role}"
+
+
+def access_of(policy: Policy, grant: Grant) -> Access:
+    role = policy.roles.get(grant.role)
+    return Access(
+        grant_id=grant.id,
+        principal=grant.principal,
+        role=grant.role,
+        target=grant.target,
+        grants=role.grants_dict() if role else {},
+        starts_at=grant.starts_at,
+        ends_at=grant.ends_at,
+    )
+
+
+def issue_grants(
+    uow: UnitOfWork, connectors: Connectors, policy: Policy, request: Request, now: datetime
+) -> list[Grant]:
+    if request.extends_grant_id is not None:
+        extend_existing(uow, connectors, policy, request, now)
+        return []
+    starts_at = max(request.start_at or now, now)
+    grants = []
+    for role_name in request.roles:
+        grant_id = new_id("grt")
+        grant = Grant(
+            id=grant_id,
+            request_id=request.id,
+            principal=request.requester,
+            role=role_name,
+            target=policy.roles[role_name].target,
+            access_key=access_key(connectors, policy, grant_id, request.requester, role_name),
+            starts_at=starts_at,
+            ends_at=starts_at + request.duration,
+            created_at=now,
+        )
+        if starts_at <= now:
+            grant.start_activating(now)
+        uow.grants.add(grant)
+        request.grant_ids.append(grant.id)
+        audit(
+            uow,
+            now,
+            "system",
+            "grant.scheduled" if grant.state is GrantState.SCHEDULED else "grant.created",
+            grant.id,
+            data={
+                "request": request.id,
+                "principal": grant.principal,
+                "role": grant.role,
+                "starts_at": grant.starts_at.isoformat(),
+                "ends_at": grant.ends_at.isoformat(),
+            },
+        )
+        grants.append(grant)
+    uow.wake_worker()
+    return grants
+
+
+def extend_existing(
+    uow: UnitOfWork, connectors: Connectors, policy: Policy, request: Request, now: datetime
+) -> Grant:
+    """Apply an extension: move the end in the target first (a failure changes nothing)."""
+    assert request.extends_grant_id is not None
+    grant = uow.grants.get(request.extends_grant_id, for_update=True)
+    if grant is None or not grant.is_live or grant.state is GrantState.REVOKING:
+        raise Conflict(f"grant {request.extends_grant_id} is no longer live; nothing to extend")
+    role = policy.roles[grant.role]
+    new_end = extension_end(role, grant.starts_at, grant.ends_at, request.duration)
+    old_end = grant.ends_at
+    grant.extend_to(new_end)
+    if grant.state is GrantState.ACTIVE:
+        connectors.for_target(grant.target).extend(access_of(policy, grant))
+    uow.grants.save(grant)
+    audit(
+        uow,
+        now,
+        request.requester,
+        "grant.extended",
+        grant.id,
+        justification=request.justification,
+        ticket=request.ticket,
+        data={"request": request.id, "from": old_end.isoformat(), "to": new_end.isoformat()},
+    )
+    uow.wake_worker()
+    return grant
