@@ -54,7 +54,7 @@ def build(settings: Settings | None = None, *, clock: Clock | None = None) -> Co
         engine=engine,
         uow=SqlUnitOfWorkFactory(engine, on_wake=wake.set),
         clock=clock or SystemClock(),
-        connectors=ConnectorRegistry(lambda: container.current_policy()),
+        connectors=ConnectorRegistry(),
         box=FernetSecretBox.from_file(settings.resolved_secret_key_file),
         wake=wake,
     )

@@ -83,9 +83,9 @@ class ConnectorFactory(Protocol):
 class Connectors(Protocol):
     """The connector of each target of the current policy."""
 
-    def for_target(self, target: str) -> Connector: ...
+    def for_target(self, target: Target) -> Connector: ...
 
-    def per_grant_account(self, target: str) -> bool:
+    def per_grant_account(self, target: Target) -> bool:
         """Whether the target's connector type gives each grant its own account."""
         ...
 

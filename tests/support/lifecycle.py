@@ -84,9 +84,7 @@ def sample_policy(
                 approval=ApprovalPolicy(stages, pending_ttl=pending_ttl, on_extend=on_extend),
             ),
         },
-        eligibility=(
-            Eligibility((group("engineers"), user("bob")), ("demo/read", "demo/admin")),
-        ),
+        eligibility=(Eligibility((group("engineers"), user("bob")), ("demo/read", "demo/admin")),),
         admins=(group("security"),),
         auditors=(user("carol"),),
     )
@@ -111,7 +109,7 @@ class Harness:
 
     @property
     def fake(self):  # type: ignore[no-untyped-def]
-        return self.connectors.for_target("demo")
+        return self.connectors.for_target(self.policy.targets["demo"])
 
     def request(
         self,
@@ -140,8 +138,13 @@ class Harness:
     def decide(self, who: str, request_id: str, decision: Decision = Decision.APPROVE) -> Request:
         with self.uow() as uow:
             return decide_request(
-                uow, self.clock, self.connectors, request_id=request_id, approver=who,
-                decision=decision, comment="ok",
+                uow,
+                self.clock,
+                self.connectors,
+                request_id=request_id,
+                approver=who,
+                decision=decision,
+                comment="ok",
             )
 
     def cancel(self, who: str, request_id: str) -> Request:
@@ -157,8 +160,14 @@ class Harness:
     def extend(self, who: str, grant_id: str, by: timedelta) -> Extension:
         with self.uow() as uow:
             return extend_grant(
-                uow, self.clock, self.connectors, grant_id=grant_id, principal=who,
-                duration=by, justification="more time", ticket="INC-1",
+                uow,
+                self.clock,
+                self.connectors,
+                grant_id=grant_id,
+                principal=who,
+                duration=by,
+                justification="more time",
+                ticket="INC-1",
             )
 
     def work(self) -> WorkReport:

@@ -149,7 +149,9 @@ class _Audit:
 
     def append(self, entry: AuditEntry) -> None:
         last = self.store.audit[-1] if self.store.audit else None
-        self.store.audit.append(seal(last.seq if last else 0, last.hash if last else GENESIS, entry))
+        self.store.audit.append(
+            seal(last.seq if last else 0, last.hash if last else GENESIS, entry)
+        )
 
     def records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
         return [r for r in self.store.audit if r.seq > after][:limit]

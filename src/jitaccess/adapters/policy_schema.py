@@ -35,8 +35,8 @@ T = TypeVar("T")
 Fields = dict[str, tuple[Node, Node]]
 
 _TAG = "tag:yaml.org,2002:"
-STR, INT, BOOL, NULL, FLOAT, TIMESTAMP = (
-    _TAG + t for t in ("str", "int", "bool", "null", "float", "timestamp")
+STR, INT, BOOL, NULL, FLOAT, TIMESTAMP, MAP, SEQ, MERGE = (
+    _TAG + t for t in ("str", "int", "bool", "null", "float", "timestamp", "map", "seq", "merge")
 )
 _TAG_WORDS = {
     STR: "a string",
@@ -82,6 +82,9 @@ INLINE_SECRET = (
 )
 # Keys that would put a credential into the policy text, which is stored and audited verbatim.
 SECRET_KEYS = frozenset({"password", "passwd", "url", "uri", "dsn", "secret", "token", "api_key"})
+# In options and grants a URL may be plain configuration (a webhook endpoint), so only the
+# other names are refused there, and any URL carrying a password.
+_VALUE_SECRET_KEYS = SECRET_KEYS - {"url", "uri"}
 _URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@:]*:[^/\s@]+@", re.IGNORECASE)
 
 # The allowed keys of each mapping, in the order the error message lists them.
@@ -92,7 +95,7 @@ ROLE_KEYS = ("target", "grants", "duration", "require", "approval", "description
 DURATION_KEYS = ("default", "max", "min")
 REQUIRE_KEYS = ("justification", "justification_min_length", "ticket", "mfa")
 APPROVAL_KEYS = ("stages", "pending_ttl", "on_extend")
-STAGE_KEYS = ("name", "approvers", "min_approvals", "all_groups", "deny_threshold")
+STAGE_KEYS: tuple[str, ...] = ("name", "approvers", "min_approvals", "all_groups", "deny_threshold")
 STAGE_KEYS += ("escalate_after", "escalate_to")
 ELIGIBILITY_KEYS = ("principals", "roles", "from", "until")
 DEFAULT_DURATION = DurationPolicy(default=timedelta(hours=1), max=timedelta(hours=8))
@@ -144,9 +147,10 @@ class FileDraft:
 
 
 def describe(node: Node) -> str:
-    if isinstance(node, MappingNode):
+    # An explicit tag (!!set, !!python/...) is never silently dropped: it is named instead.
+    if isinstance(node, MappingNode) and node.tag == MAP:
         return "a mapping"
-    if isinstance(node, SequenceNode):
+    if isinstance(node, SequenceNode) and node.tag == SEQ:
         return "a list"
     return _TAG_WORDS.get(node.tag, f"a value tagged {node.tag}")
 
@@ -179,16 +183,17 @@ class FileWalk:
         """Keys to (key node, value node); `allowed=None` for name-keyed sections."""
         if nullable and _is(node, NULL):
             return {}
-        if not isinstance(node, MappingNode):
+        if not isinstance(node, MappingNode) or node.tag != MAP:
             self.problem(node, path, f"expected a mapping, got {describe(node)}")
             return None
         out: Fields = {}
         for key_node, value_node in node.value:
             if not _is(key_node, STR):
                 hint = " (quote it)" if isinstance(key_node, ScalarNode) else ""
-                self.problem(
-                    key_node, path, f"keys must be strings, got {describe(key_node)}{hint}"
-                )
+                reason = f"keys must be strings, got {describe(key_node)}{hint}"
+                if _is(key_node, MERGE):
+                    reason = "merge keys (<<) are not supported: write the keys out"
+                self.problem(key_node, path, reason)
                 continue
             name: str = key_node.value
             where = join(path, name)
@@ -230,7 +235,7 @@ class FileWalk:
         return lambda node, path: self.text(node, path, rule, what)
 
     def sequence(self, node: Node, path: str, *, what: str = "") -> list[Node] | None:
-        if not isinstance(node, SequenceNode):
+        if not isinstance(node, SequenceNode) or node.tag != SEQ:
             self.problem(node, path, f"expected a list, got {describe(node)}")
             return None
         items: list[Node] = node.value
@@ -267,7 +272,7 @@ class FileWalk:
         try:
             value = int(_INTS.construct_yaml_int(node))
         except ValueError:
-            self.problem(node, path, f"not a usable integer: {node.value!r}")
+            self.problem(node, path, f"not a usable integer: {node.value[:30]!r}")
             return None
         if value < minimum:
             self.problem(node, path, f"must be at least {minimum}, got {value}")
@@ -297,7 +302,7 @@ class FileWalk:
 
     def plain(self, node: Node, path: str, *, in_list: bool = False) -> Any:
         """A grants/options value: string, integer, boolean, null, or a list of those."""
-        if isinstance(node, SequenceNode) and not in_list:
+        if isinstance(node, SequenceNode) and node.tag == SEQ and not in_list:
             return tuple(
                 self.plain(item, f"{path}[{i}]", in_list=True) for i, item in enumerate(node.value)
             )
@@ -323,7 +328,7 @@ class FileWalk:
             return None
         out: dict[str, Any] = {}
         for key, (key_node, value_node) in fields.items():
-            if key in SECRET_KEYS:
+            if key in _VALUE_SECRET_KEYS:
                 self.problem(key_node, join(path, key), INLINE_SECRET)
             out[key] = self.plain(value_node, join(path, key))
         return tuple(sorted(out.items()))
@@ -378,7 +383,7 @@ class FileWalk:
                 )
             )
             return
-        if not isinstance(root, MappingNode):
+        if not isinstance(root, MappingNode) or root.tag != MAP:
             self.problem(root, "(document)", f"expected a mapping at the top, got {describe(root)}")
             return
         top = self.mapping(root, "", TOP_KEYS) or {}

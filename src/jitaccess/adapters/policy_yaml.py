@@ -109,14 +109,14 @@ class _Merged:
         for draft in drafts:
             problems.extend(draft.problems)
             for name, (user, loc) in draft.users.items():
-                self._define("user", name, loc, self.users, (user, loc), self.users.get(name))
+                if self._first("user", name, loc, self.users.get(name)):
+                    self.users[name] = (user, loc)
             for name, (target, loc) in draft.targets.items():
-                self._define(
-                    "target", name, loc, self.targets, (target, loc), self.targets.get(name)
-                )
+                if self._first("target", name, loc, self.targets.get(name)):
+                    self.targets[name] = (target, loc)
             for name, role in draft.roles.items():
-                earlier = self.roles.get(name)
-                self._define("role", name, role.loc, self.roles, role, earlier)
+                if self._first("role", name, role.loc, self.roles.get(name)):
+                    self.roles[name] = role
             self.eligibility += draft.eligibility
             self.admins += draft.admins
             self.auditors += draft.auditors
@@ -126,12 +126,14 @@ class _Merged:
             for group in user.groups:
                 self.members.setdefault(group, set()).add(user.name)
 
-    def _define(self, what: str, name: str, loc: Loc, into: Any, value: Any, earlier: Any) -> None:
+    def _first(
+        self, what: str, name: str, loc: Loc, earlier: tuple[object, Loc] | RoleDraft | None
+    ) -> bool:
         if earlier is None:
-            into[name] = value
-            return
+            return True
         first = earlier.loc if isinstance(earlier, RoleDraft) else earlier[1]
         self.problems.append(loc.problem(f"{what} '{name}' is already defined at {first.where()}"))
+        return False
 
     def check(self, files: dict[str, int]) -> None:
         for ref, loc in self.refs:
@@ -163,7 +165,7 @@ class _Merged:
         draft.role = replace(role, grants=grants)
         for stage, loc in draft.stages:
             people = self._people(stage.approvers + stage.escalate_to)
-            if stage.min_approvals > len(people):
+            if stage.approvers and stage.min_approvals > len(people):  # empty: reported
                 self.problems.append(
                     loc.problem(
                         f"min_approvals {stage.min_approvals} can never be satisfied: only "

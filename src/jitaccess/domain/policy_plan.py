@@ -91,7 +91,7 @@ def _diff(old: dict[str, str], new: dict[str, str]) -> tuple[str, ...]:
     return tuple(
         f"{key}: {old.get(key, _UNSET)} -> {new.get(key, _UNSET)}"
         for key in keys
-        if old.get(key) != new.get(key)
+        if old.get(key, _UNSET) != new.get(key, _UNSET)
     )
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from jitaccess.domain.errors import Conflict
+from jitaccess.domain.errors import Conflict, ConnectorError
 from jitaccess.domain.model import Grant, GrantState, Request, new_id
-from jitaccess.domain.policy import Policy
+from jitaccess.domain.policy import Policy, Target
 from jitaccess.domain.rules import extension_end
 from jitaccess.ports import Access, Connectors, UnitOfWork
 from jitaccess.services.context import audit
@@ -17,9 +17,16 @@ def access_key(
 ) -> str:
     """Grants with the same key share access in the target and are reference-counted."""
     target = policy.roles[role].target
-    if connectors.per_grant_account(target):
+    if connectors.per_grant_account(policy.targets[target]):
         return f"{target}|grant|{grant_id}"
     return f"{target}|{principal}|{role}"
+
+
+def target_of(policy: Policy, name: str) -> Target:
+    target = policy.targets.get(name)
+    if target is None:
+        raise ConnectorError(f"target {name!r} is not in the policy in force")
+    return target
 
 
 def access_of(policy: Policy, grant: Grant) -> Access:
@@ -92,7 +99,7 @@ def extend_existing(
     old_end = grant.ends_at
     grant.extend_to(new_end)
     if grant.state is GrantState.ACTIVE:
-        connectors.for_target(grant.target).extend(access_of(policy, grant))
+        connectors.for_target(target_of(policy, grant.target)).extend(access_of(policy, grant))
     uow.grants.save(grant)
     audit(
         uow,

@@ -18,7 +18,7 @@ from datetime import timedelta
 from jitaccess.domain.model import ENDED_GRANT_STATES, EndReason, Grant, GrantState, retry_delay
 from jitaccess.ports import Clock, Connectors, PolicyVersion, SecretBox, UnitOfWorkFactory
 from jitaccess.services.context import audit
-from jitaccess.services.grant_issuing import access_of
+from jitaccess.services.grant_issuing import access_of, target_of
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class _Pass:
         grant = claim.grant
         access = access_of(claim.policy.policy, grant)
         try:
-            connector = self.connectors.for_target(grant.target)
+            connector = self.connectors.for_target(target_of(claim.policy.policy, grant.target))
             if grant.state is GrantState.ACTIVATING:
                 self._after_provision(claim, connector.provision(access))
             else:
@@ -129,8 +129,9 @@ class _Pass:
             if grant is None or grant.state is not GrantState.ACTIVATING:
                 # Ended while we provisioned: make sure nothing is left behind.
                 if grant is not None and grant.state in ENDED_GRANT_STATES:
-                    self.connectors.for_target(grant.target).revoke(
-                        access_of(claim.policy.policy, grant)
+                    policy = claim.policy.policy
+                    self.connectors.for_target(target_of(policy, grant.target)).revoke(
+                        access_of(policy, grant)
                     )
                 return
             grant.mark_provisioned(now)

@@ -78,8 +78,8 @@ class FakeConnectors:
         self.connectors: dict[str, FakeConnector] = {}
         self._per_grant_account = per_grant_account
 
-    def for_target(self, target: str) -> FakeConnector:
-        return self.connectors.setdefault(target, FakeConnector())
+    def for_target(self, target: Target) -> FakeConnector:
+        return self.connectors.setdefault(target.name, FakeConnector(target))
 
-    def per_grant_account(self, target: str) -> bool:
+    def per_grant_account(self, target: Target) -> bool:
         return self._per_grant_account

@@ -5,12 +5,11 @@ the `jitaccess.connectors` entry-point group; a class there needs `from_target(t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Protocol, cast
 
 from jitaccess.domain.errors import ConnectorError
-from jitaccess.domain.policy import Policy, Target
+from jitaccess.domain.policy import Target
 from jitaccess.ports import Connector
 
 GROUP = "jitaccess.connectors"
@@ -29,8 +28,7 @@ def connector_types() -> dict[str, ConnectorClass]:
 class ConnectorRegistry:
     """One connector instance per target definition, made on first use and kept."""
 
-    def __init__(self, policy: Callable[[], Policy]) -> None:
-        self._policy = policy
+    def __init__(self) -> None:
         self._types = connector_types()
         self._instances: dict[Target, Connector] = {}
         self._lock = threading.Lock()
@@ -47,14 +45,7 @@ class ConnectorRegistry:
             )
         return cls
 
-    def _target(self, name: str) -> Target:
-        target = self._policy().targets.get(name)
-        if target is None:
-            raise ConnectorError(f"target {name!r} is not in the policy in force")
-        return target
-
-    def for_target(self, target: str) -> Connector:
-        definition = self._target(target)
+    def for_target(self, definition: Target) -> Connector:
         with self._lock:
             instance = self._instances.get(definition)
             if instance is None:
@@ -62,8 +53,8 @@ class ConnectorRegistry:
                 self._instances[definition] = instance
             return instance
 
-    def per_grant_account(self, target: str) -> bool:
-        return bool(self._type(self._target(target)).per_grant_account)
+    def per_grant_account(self, target: Target) -> bool:
+        return bool(self._type(target).per_grant_account)
 
     def close(self) -> None:
         with self._lock:

@@ -10,7 +10,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, select, update
 
-from jitaccess.adapters.db.tables import api_tokens, audit_head, audit_log, grants, policy_versions, requests
+from jitaccess.adapters.db.tables import (
+    api_tokens,
+    audit_head,
+    audit_log,
+    grants,
+    policy_versions,
+    requests,
+)
 from jitaccess.audit.chain import GENESIS, seal
 from jitaccess.domain.model import (
     HOLDING_GRANT_STATES,
@@ -237,14 +244,10 @@ class SqlGrants:
         return min(dues, default=None)
 
     def set_credentials(self, grant_id: str, sealed: bytes) -> None:
-        self.conn.execute(
-            update(grants).where(grants.c.id == grant_id).values(credentials=sealed)
-        )
+        self.conn.execute(update(grants).where(grants.c.id == grant_id).values(credentials=sealed))
 
     def take_credentials(self, grant_id: str) -> bytes | None:
-        row = self.conn.execute(
-            select(grants.c.credentials).where(grants.c.id == grant_id)
-        ).first()
+        row = self.conn.execute(select(grants.c.credentials).where(grants.c.id == grant_id)).first()
         if row is None or row.credentials is None:
             return None
         self.conn.execute(
@@ -294,7 +297,9 @@ class SqlAudit:
         if not self.pending:
             return
         head = self.conn.execute(
-            select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+            select(audit_head.c.seq, audit_head.c.hash)
+            .where(audit_head.c.id == 1)
+            .with_for_update()
         ).first()
         if head is None:
             self.conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS))
@@ -326,7 +331,9 @@ class SqlAudit:
         self.pending.clear()
 
     def records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
-        query = select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(limit)
+        query = (
+            select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(limit)
+        )
         return [_record_from(r) for r in self.conn.execute(query)]
 
     def last(self, limit: int) -> list[AuditRecord]:
@@ -414,7 +421,9 @@ class SqlTokens:
         self.conn.execute(api_tokens.insert().values(**token.__dict__))
 
     def find(self, token_hash: str) -> ApiToken | None:
-        row = self.conn.execute(select(api_tokens).where(api_tokens.c.token_hash == token_hash)).first()
+        row = self.conn.execute(
+            select(api_tokens).where(api_tokens.c.token_hash == token_hash)
+        ).first()
         return _token_from(row) if row else None
 
     def get(self, token_id: str) -> ApiToken | None:

@@ -92,7 +92,9 @@ grants = Table(
 audit_log = Table(
     "audit_log",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
     Column("at", UTCDateTime, nullable=False),
     Column("actor", String(64), nullable=False),
     Column("action", String(64), nullable=False, index=True),

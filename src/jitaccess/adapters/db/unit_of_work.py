@@ -15,7 +15,13 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from jitaccess.adapters.db.repositories import SqlAudit, SqlGrants, SqlPolicies, SqlRequests, SqlTokens
+from jitaccess.adapters.db.repositories import (
+    SqlAudit,
+    SqlGrants,
+    SqlPolicies,
+    SqlRequests,
+    SqlTokens,
+)
 from jitaccess.domain.errors import AuditWriteFailed, Unavailable
 
 NOTIFY_CHANNEL = "jitaccess_due"

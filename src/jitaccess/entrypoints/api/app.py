@@ -1,0 +1,46 @@
+"""The FastAPI app factory: wires routes, problem handlers and metrics around one container."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from jitaccess import __version__
+from jitaccess.bootstrap import Container
+from jitaccess.entrypoints.api import routes_admin, routes_grants, routes_ops, routes_requests
+from jitaccess.entrypoints.api.metrics import HttpMetricsMiddleware, Metrics
+from jitaccess.entrypoints.api.problems import UnhandledErrorMiddleware, install_problem_handlers
+from jitaccess.entrypoints.api.schemas import Problem
+
+DESCRIPTION = (
+    "Just-in-time privileged access. Authenticate with `Authorization: Bearer <token>`; "
+    "errors are RFC 9457 `application/problem+json`."
+)
+
+
+def create_app(container: Container) -> FastAPI:
+    app = FastAPI(title="jitaccess", version=__version__, description=DESCRIPTION)
+    app.state.container = container
+    app.state.metrics = metrics = Metrics(container.uow)
+    install_problem_handlers(app)
+    for module in (routes_requests, routes_grants, routes_admin, routes_ops):
+        app.include_router(module.router)
+    # Added last is outermost: metrics also count the 500s the error middleware produces.
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    _document_problem_schema(app)
+    return app
+
+
+def _document_problem_schema(app: FastAPI) -> None:
+    """Make sure `Problem` is in the OpenAPI components, which error responses refer to."""
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.setdefault("Problem", Problem.model_json_schema())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,195 @@
+"""The one place where errors become RFC 9457 `application/problem+json` responses.
+
+Domain errors carry no HTTP; this module gives each a status. Database failures and anything
+unexpected become problems too, without stacks, DSNs or other internals in the body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jitaccess.domain.errors import (
+    AuditWriteFailed,
+    Conflict,
+    ConnectorError,
+    Forbidden,
+    InvalidInput,
+    JitAccessError,
+    NotEligible,
+    NotFound,
+    PolicyInvalid,
+    PolicyViolation,
+    SelfApproval,
+    Unauthenticated,
+    Unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_BASE = "https://jitaccess.dev/problems/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# Looked up along the error's MRO, so a subclass without its own row inherits its parent's.
+_STATUS: dict[type[JitAccessError], tuple[int, str]] = {
+    NotFound: (404, "Not found"),
+    Unauthenticated: (401, "Authentication required"),
+    Forbidden: (403, "Forbidden"),
+    NotEligible: (403, "Not eligible"),
+    SelfApproval: (403, "Self-approval is not allowed"),
+    PolicyViolation: (422, "Policy violation"),
+    InvalidInput: (422, "Invalid input"),
+    PolicyInvalid: (422, "Invalid policy"),
+    Conflict: (409, "Conflict"),
+    ConnectorError: (502, "Target error"),
+    AuditWriteFailed: (503, "Audit write failed"),
+    Unavailable: (503, "Service unavailable"),
+}
+DATABASE_UNAVAILABLE = "database unavailable"
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    type_uri: str | None = None,
+    **extra: Any,
+) -> ProblemResponse:
+    """A problem response; `extra` members set to None are left out."""
+    body: dict[str, Any] = {
+        "type": type_uri or PROBLEM_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    body.update({key: value for key, value in extra.items() if value is not None})
+    return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def status_of(error: JitAccessError) -> tuple[int, str]:
+    for cls in type(error).__mro__:
+        found = _STATUS.get(cls)
+        if found is not None:
+            return found
+    return 400, "Bad request"
+
+
+def error_problem(error: JitAccessError) -> ProblemResponse:
+    status, title = status_of(error)
+    detail = error.message
+    if isinstance(error, Unavailable):
+        # The adapter's message may name the database host and user: keep it in the log only.
+        logger.warning("database unavailable: %s", error.message)
+        detail = DATABASE_UNAVAILABLE
+    extra: dict[str, Any] = {"rule": error.rule}
+    if isinstance(error, InvalidInput):
+        extra["field"] = error.field
+    if isinstance(error, PolicyInvalid):
+        extra["problems"] = [p.as_dict() for p in error.problems]
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthenticated) else None
+    return problem(status, error.code, title, detail, headers=headers, **extra)
+
+
+def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+async def _on_domain_error(_: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, JitAccessError)
+    return error_problem(exc)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field_name(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+    return problem(
+        422,
+        InvalidInput.code,
+        "Invalid input",
+        first["message"],
+        field=first["field"],
+        errors=errors,
+    )
+
+
+async def _on_database_error(_: Request, exc: Exception) -> ProblemResponse:
+    # The driver's message can hold the DSN's host and user; the log gets the type only.
+    logger.error("database error: %s", type(exc).__name__)
+    return problem(503, Unavailable.code, "Service unavailable", DATABASE_UNAVAILABLE)
+
+
+async def _on_http_error(_: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    try:
+        phrase = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        phrase = "Error"
+    # No jitaccess meaning beyond the status (unknown route, wrong method): RFC 9457's default.
+    return problem(
+        exc.status_code,
+        "http",
+        phrase,
+        str(exc.detail),
+        headers=exc.headers,
+        type_uri="about:blank",
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(JitAccessError, _on_domain_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(DBAPIError, _on_database_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+
+
+class UnhandledErrorMiddleware:
+    """Turns an exception no handler knew into a 500 problem, logging it server-side only."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = problem(
+                500,
+                "internal-error",
+                "Internal server error",
+                "an unexpected error occurred; it has been logged",
+            )
+            await response(scope, receive, send)
