@@ -6,6 +6,8 @@ in-memory fakes implement them for unit tests.
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -69,7 +71,7 @@ class Connector(Protocol):
         """Move the end of live access to `access.ends_at` (e.g. PostgreSQL VALID UNTIL)."""
         ...
 
-    def list_access(self) -> list[ExistingAccess]: ...
+    def list_access(self) -> builtins.list[ExistingAccess]: ...
 
     def check(self) -> None:
         """Raise ConnectorError when the target cannot be reached or used."""
@@ -146,9 +148,9 @@ class RequestRepository(Protocol):
 
     def list(
         self, *, requester: str | None = None, state: str | None = None, limit: int = 200
-    ) -> list[Request]: ...
+    ) -> builtins.list[Request]: ...
 
-    def due(self, now: datetime, limit: int) -> list[Request]:
+    def due(self, now: datetime, limit: int) -> builtins.list[Request]:
         """Pending requests past their pending TTL, locked (skipping rows others hold)."""
         ...
 
@@ -167,15 +169,15 @@ class GrantRepository(Protocol):
         state: str | None = None,
         request_id: str | None = None,
         limit: int = 200,
-    ) -> list[Grant]: ...
+    ) -> builtins.list[Grant]: ...
 
-    def holding(self, access_key: str, *, exclude: str) -> list[Grant]:
+    def holding(self, access_key: str, *, exclude: str) -> builtins.list[Grant]:
         """Other grants in activating/active state sharing `access_key`."""
         ...
 
-    def live_for(self, principal: str, role: str) -> list[Grant]: ...
+    def live_for(self, principal: str, role: str) -> builtins.list[Grant]: ...
 
-    def due(self, now: datetime, limit: int) -> list[Grant]:
+    def due(self, now: datetime, limit: int) -> builtins.list[Grant]:
         """Grants whose due_at has passed, locked (skipping rows another worker holds)."""
         ...
 
@@ -196,9 +198,9 @@ class AuditLog(Protocol):
         every other write, so a failed audit write fails the whole change."""
         ...
 
-    def records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
+    def records(self, *, after: int = 0, limit: int = 1000) -> builtins.list[AuditRecord]: ...
 
-    def last(self, limit: int) -> list[AuditRecord]: ...
+    def last(self, limit: int) -> builtins.list[AuditRecord]: ...
 
     def iterate(self, batch: int = 5000) -> Iterator[AuditRecord]: ...
 
@@ -220,7 +222,7 @@ class TokenRepository(Protocol):
 
     def save(self, token: ApiToken) -> None: ...
 
-    def list(self, principal: str | None = None) -> list[ApiToken]: ...
+    def list(self, principal: str | None = None) -> builtins.list[ApiToken]: ...
 
 
 class UnitOfWork(Protocol):
@@ -230,11 +232,20 @@ class UnitOfWork(Protocol):
     database with `BEGIN IMMEDIATE` on SQLite).
     """
 
-    requests: RequestRepository
-    grants: GrantRepository
-    audit: AuditLog
-    policies: PolicyRepository
-    tokens: TokenRepository
+    @property
+    def requests(self) -> RequestRepository: ...
+
+    @property
+    def grants(self) -> GrantRepository: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    @property
+    def policies(self) -> PolicyRepository: ...
+
+    @property
+    def tokens(self) -> TokenRepository: ...
 
     def commit(self) -> None: ...
 

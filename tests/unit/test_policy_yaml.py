@@ -113,6 +113,22 @@ def test_duplicate_key_in_one_mapping_is_refused() -> None:
     assert one_problem(text) == (7, "targets.demo", "duplicate key 'demo'")
 
 
+def test_yaml_merge_keys_are_refused() -> None:
+    text = "users:\n  base: &b {groups: [g]}\n  alice: {<<: *b}\n"
+    assert one_problem(text) == (
+        3,
+        "users.alice",
+        "merge keys (<<) are not supported: write the keys out",
+    )
+
+
+@pytest.mark.parametrize("tag", ["!!set", "!!python/object:os.system", "!custom"])
+def test_explicitly_tagged_sections_are_refused(tag: str) -> None:
+    line, key, reason = one_problem(f"users: {tag} {{alice: }}\n")
+    assert (line, key) == (1, "users")
+    assert reason.startswith("expected a mapping, got a value tagged ")
+
+
 def test_only_version_1_is_accepted() -> None:
     assert one_problem("version: 2\n" + PEOPLE) == (1, "version", "unsupported version 2 (use 1)")
     load_policy_text("version: 1\n" + PEOPLE)
@@ -226,6 +242,11 @@ def test_target_options_are_stored_as_sorted_pairs() -> None:
     target = load_policy_text(text).targets["db"]
     assert target.options == (("hosts", ("a", "b")), ("port", 22))
     hash(target)
+
+
+def test_plain_url_option_is_accepted() -> None:
+    text = PEOPLE + "  hook: {type: webhook, connection: {env: K}, options: {url: 'https://x/y'}}\n"
+    assert load_policy_text(text).targets["hook"].options == (("url", "https://x/y"),)
 
 
 def test_password_in_an_option_url_is_refused() -> None:

@@ -4,6 +4,8 @@ Hypothesis state machines. One transaction at a time; rollback restores a snapsh
 
 from __future__ import annotations
 
+import builtins
+
 import copy
 import threading
 from collections.abc import Iterator
@@ -50,7 +52,7 @@ class _Requests:
 
     def list(
         self, *, requester: str | None = None, state: str | None = None, limit: int = 200
-    ) -> list[Request]:
+    ) -> builtins.list[Request]:
         rows = [
             r
             for r in self.store.requests.values()
@@ -60,7 +62,7 @@ class _Requests:
         rows.sort(key=lambda r: r.created_at, reverse=True)
         return copy.deepcopy(rows[:limit])
 
-    def due(self, now: datetime, limit: int) -> list[Request]:
+    def due(self, now: datetime, limit: int) -> builtins.list[Request]:
         rows = [
             r
             for r in self.store.requests.values()
@@ -90,7 +92,7 @@ class _Grants:
         state: str | None = None,
         request_id: str | None = None,
         limit: int = 200,
-    ) -> list[Grant]:
+    ) -> builtins.list[Grant]:
         rows = [
             g
             for g in self.store.grants.values()
@@ -101,7 +103,7 @@ class _Grants:
         rows.sort(key=lambda g: g.created_at, reverse=True)
         return copy.deepcopy(rows[:limit])
 
-    def holding(self, access_key: str, *, exclude: str) -> list[Grant]:
+    def holding(self, access_key: str, *, exclude: str) -> builtins.list[Grant]:
         return copy.deepcopy(
             [
                 g
@@ -112,7 +114,7 @@ class _Grants:
             ]
         )
 
-    def live_for(self, principal: str, role: str) -> list[Grant]:
+    def live_for(self, principal: str, role: str) -> builtins.list[Grant]:
         return copy.deepcopy(
             [
                 g
@@ -121,7 +123,7 @@ class _Grants:
             ]
         )
 
-    def due(self, now: datetime, limit: int) -> list[Grant]:
+    def due(self, now: datetime, limit: int) -> builtins.list[Grant]:
         rows = [g for g in self.store.grants.values() if g.due_at is not None and g.due_at <= now]
         return copy.deepcopy(sorted(rows, key=lambda g: (g.due_at or now, g.id))[:limit])
 
@@ -153,10 +155,10 @@ class _Audit:
             seal(last.seq if last else 0, last.hash if last else GENESIS, entry)
         )
 
-    def records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+    def records(self, *, after: int = 0, limit: int = 1000) -> builtins.list[AuditRecord]:
         return [r for r in self.store.audit if r.seq > after][:limit]
 
-    def last(self, limit: int) -> list[AuditRecord]:
+    def last(self, limit: int) -> builtins.list[AuditRecord]:
         return self.store.audit[-limit:]
 
     def iterate(self, batch: int = 5000) -> Iterator[AuditRecord]:
@@ -193,7 +195,7 @@ class _Tokens:
     def save(self, token: ApiToken) -> None:
         self.store.tokens[token.id] = token
 
-    def list(self, principal: str | None = None) -> list[ApiToken]:
+    def list(self, principal: str | None = None) -> builtins.list[ApiToken]:
         return [t for t in self.store.tokens.values() if principal in (None, t.principal)]
 
 

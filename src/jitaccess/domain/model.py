@@ -172,6 +172,10 @@ class Grant:
         return None
 
     @property
+    def is_ending(self) -> bool:
+        return self.state is GrantState.REVOKING
+
+    @property
     def is_live(self) -> bool:
         return self.state in LIVE_GRANT_STATES
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from jitaccess.domain.errors import JitAccessError, PolicyInvalid
 from jitaccess.entrypoints import cli_output as show
 from jitaccess.entrypoints.cli_client import EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE, Client, fail
+
+if TYPE_CHECKING:
+    from jitaccess.bootstrap import Container
+    from jitaccess.domain.policy import Policy
 
 app = typer.Typer(help="Just-in-time privileged access.", no_args_is_help=True,
                   pretty_exceptions_enable=False)  # fmt: skip
@@ -29,7 +33,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 CommentOpt = Annotated[str, typer.Option("--comment", "-m", help="A comment for the record.")]
 
 
-def _container():  # type: ignore[no-untyped-def]
+def _container() -> Container:
     from pydantic import ValidationError
 
     from jitaccess.bootstrap import build
@@ -45,7 +49,7 @@ def _container():  # type: ignore[no-untyped-def]
         fail(f"bad setting: {problems}", EXIT_USAGE)
 
 
-def _domain_exit(error: JitAccessError) -> None:
+def _domain_exit(error: JitAccessError) -> NoReturn:
     if isinstance(error, PolicyInvalid):
         for problem in error.problems:
             show.err_print(str(problem))
@@ -174,7 +178,7 @@ def token_list(as_json: JsonOpt = False) -> None:
     container = _container()
     with container.uow.readonly() as uow:
         tokens = uow.tokens.list()
-    rows = [{"id": t.id, "principal": t.principal, "created_at": t.created_at.isoformat(),
+    rows: list[dict[str, Any]] = [{"id": t.id, "principal": t.principal, "created_at": t.created_at.isoformat(),
              "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
              "description": t.description} for t in tokens]  # fmt: skip
     if as_json:
@@ -188,7 +192,7 @@ def token_list(as_json: JsonOpt = False) -> None:
 # --- policy -----------------------------------------------------------------------------------
 
 
-def _load(files: list[Path]):  # type: ignore[no-untyped-def]
+def _load(files: list[Path]) -> Policy:
     from jitaccess.adapters.policy_yaml import load_policy_files
 
     try:
@@ -494,7 +498,7 @@ def audit_export(
         after = page[-1]["seq"]
     if output:
         handle.close()
-        show.err.print(f"exported {count} records to {output}")
+        show.err_print(f"exported {count} records to {output}")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from jitaccess.domain import approvals
 from jitaccess.domain.durations import format_duration
 from jitaccess.domain.errors import JitAccessError
 from jitaccess.domain.model import Request, new_id
-from jitaccess.domain.policy import Policy
+from jitaccess.domain.policy import Policy, Role, Stage
 from jitaccess.domain.rules import (
     check_eligible,
     check_requirements,
@@ -127,6 +127,10 @@ def request_access(
     return request
 
 
+def _stages(role: Role) -> tuple[Stage, ...]:
+    return role.approval.stages if role.approval else ()
+
+
 def preview(
     policy: Policy, roles: tuple[str, ...], duration: timedelta, starts_at: datetime
 ) -> RequestPreview:
@@ -138,6 +142,6 @@ def preview(
             min_approvals=stage.min_approvals,
         )
         for name in roles
-        for stage in (policy.roles[name].approval.stages if policy.roles[name].approval else ())
+        for stage in _stages(policy.roles[name])
     )
     return RequestPreview(roles, duration, starts_at, bool(stages), stages)

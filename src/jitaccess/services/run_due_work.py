@@ -152,7 +152,7 @@ class _Pass:
                     "ends_at": grant.ends_at.isoformat(),
                 },
             )
-            if grant.state is GrantState.REVOKING:
+            if grant.is_ending:  # provisioning outlasted the grant: revoke right away
                 uow.wake_worker()
             uow.commit()
             self.report.provisioned += 1
@@ -170,7 +170,7 @@ class _Pass:
                 "role": grant.role,
                 "ends_at": grant.ends_at.isoformat(),
             }
-            if grant.state is GrantState.EXPIRED:
+            if grant.end_reason is EndReason.EXPIRED:
                 data["lag_ms"] = max(0, int((now - grant.ends_at).total_seconds() * 1000))
             if retained_by:
                 data["access_retained_by"] = retained_by

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import json
 import threading
 from collections.abc import Iterator, Mapping
@@ -122,7 +124,7 @@ class SqlRequests:
 
     def list(
         self, *, requester: str | None = None, state: str | None = None, limit: int = 200
-    ) -> list[Request]:
+    ) -> builtins.list[Request]:
         query = select(requests).order_by(requests.c.created_at.desc()).limit(limit)
         if requester is not None:
             query = query.where(requests.c.requester == requester)
@@ -130,7 +132,7 @@ class SqlRequests:
             query = query.where(requests.c.state == state)
         return [_request_from(r) for r in self.conn.execute(query)]
 
-    def due(self, now: datetime, limit: int) -> list[Request]:
+    def due(self, now: datetime, limit: int) -> builtins.list[Request]:
         query = (
             select(requests)
             .where(requests.c.due_at <= now)
@@ -200,7 +202,7 @@ class SqlGrants:
         state: str | None = None,
         request_id: str | None = None,
         limit: int = 200,
-    ) -> list[Grant]:
+    ) -> builtins.list[Grant]:
         query = self._select().order_by(grants.c.created_at.desc()).limit(limit)
         if principal is not None:
             query = query.where(grants.c.principal == principal)
@@ -210,7 +212,7 @@ class SqlGrants:
             query = query.where(grants.c.request_id == request_id)
         return [_grant_from(r) for r in self.conn.execute(query)]
 
-    def holding(self, access_key: str, *, exclude: str) -> list[Grant]:
+    def holding(self, access_key: str, *, exclude: str) -> builtins.list[Grant]:
         query = self._select().where(
             grants.c.access_key == access_key,
             grants.c.id != exclude,
@@ -218,7 +220,7 @@ class SqlGrants:
         )
         return [_grant_from(r) for r in self.conn.execute(query)]
 
-    def live_for(self, principal: str, role: str) -> list[Grant]:
+    def live_for(self, principal: str, role: str) -> builtins.list[Grant]:
         query = self._select().where(
             grants.c.principal == principal,
             grants.c.role == role,
@@ -226,7 +228,7 @@ class SqlGrants:
         )
         return [_grant_from(r) for r in self.conn.execute(query)]
 
-    def due(self, now: datetime, limit: int) -> list[Grant]:
+    def due(self, now: datetime, limit: int) -> builtins.list[Grant]:
         # SKIP LOCKED: several workers on PostgreSQL each claim different rows.
         query = (
             self._select()
@@ -330,13 +332,13 @@ class SqlAudit:
         )
         self.pending.clear()
 
-    def records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+    def records(self, *, after: int = 0, limit: int = 1000) -> builtins.list[AuditRecord]:
         query = (
             select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(limit)
         )
         return [_record_from(r) for r in self.conn.execute(query)]
 
-    def last(self, limit: int) -> list[AuditRecord]:
+    def last(self, limit: int) -> builtins.list[AuditRecord]:
         query = select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
         return list(reversed([_record_from(r) for r in self.conn.execute(query)]))
 
@@ -435,7 +437,7 @@ class SqlTokens:
         del values["id"]
         self.conn.execute(update(api_tokens).where(api_tokens.c.id == token.id).values(**values))
 
-    def list(self, principal: str | None = None) -> list[ApiToken]:
+    def list(self, principal: str | None = None) -> builtins.list[ApiToken]:
         query = select(api_tokens).order_by(api_tokens.c.created_at)
         if principal is not None:
             query = query.where(api_tokens.c.principal == principal)

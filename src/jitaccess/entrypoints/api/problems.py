@@ -118,7 +118,10 @@ async def _on_domain_error(_: Request, exc: Exception) -> ProblemResponse:
 async def _on_validation_error(_: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"field": _field_name(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+        {
+            "field": _field_name(e.get("loc", ())),
+            "message": str(e.get("msg", "invalid")).removeprefix("Value error, "),
+        }
         for e in exc.errors()
     ]
     first = errors[0] if errors else {"field": "body", "message": "invalid request"}

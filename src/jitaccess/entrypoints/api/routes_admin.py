@@ -56,11 +56,17 @@ def get_audit(
     container: ContainerDep,
     after: Annotated[int, Query(ge=0, description="records after this sequence number")] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    tail: Annotated[
+        int | None, Query(ge=1, le=5000, description="only the newest N (ignores after/limit)")
+    ] = None,
 ) -> schemas.AuditList:
     """Audit records in order, each with its hash link; admins and auditors only."""
     with container.uow.readonly() as uow:
         require_reader(uow, caller)
-        records = uow.audit.records(after=after, limit=limit)
+        if tail is not None:
+            records = uow.audit.last(tail)
+        else:
+            records = uow.audit.records(after=after, limit=limit)
     return schemas.AuditList(items=[record_to_dict(r) for r in records])
 
 
