@@ -177,6 +177,10 @@ class GrantRepository(Protocol):
 
     def live_for(self, principal: str, role: str) -> builtins.list[Grant]: ...
 
+    def live_roles(self) -> set[tuple[str, str]]:
+        """(role, target) of every grant not yet ended."""
+        ...
+
     def due(self, now: datetime, limit: int) -> builtins.list[Grant]:
         """Grants whose due_at has passed, locked (skipping rows another worker holds)."""
         ...
@@ -185,11 +189,15 @@ class GrantRepository(Protocol):
 
     def set_credentials(self, grant_id: str, sealed: bytes) -> None: ...
 
-    def take_credentials(self, grant_id: str) -> bytes | None:
-        """Return the sealed credentials once and erase them."""
+    def take_credentials(self, grant_id: str, at: datetime) -> bytes | None:
+        """Return the sealed credentials once and erase them, noting when."""
         ...
 
     def credentials_fetched(self, grant_id: str) -> bool: ...
+
+    def drop_credentials(self, grant_id: str) -> None:
+        """Erase unfetched credentials (the grant ended; nobody may fetch them now)."""
+        ...
 
 
 class AuditLog(Protocol):

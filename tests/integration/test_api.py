@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from starlette.exceptions import StarletteDeprecationWarning
 
 from jitaccess.bootstrap import Container, apply_policy_files, build, upgrade
@@ -665,7 +666,7 @@ def test_the_openapi_document_lists_the_routes(api: Api) -> None:
         ("/metrics", "get"),
     ]:
         assert method in paths.get(path, {}), (method, path)
-    assert "Problem" in document["components"]["schemas"]
+    assert {"Problem", "PolicyDocument"} <= set(document["components"]["schemas"])
     assert "HTTPBearer" in document["components"]["securitySchemes"]
 
 
@@ -774,3 +775,36 @@ def test_tokens_and_credentials_never_reach_the_log(
     assert credentials["token"] not in caplog.text
     assert api.tokens["alice"] not in caplog.text
     assert "jit_wrong-secret" not in caplog.text
+
+
+def test_credentials_of_a_revoked_grant_are_never_handed_out(api: Api) -> None:
+    grant_id = active_read_grant(api)
+    revoked = api.post("sec", f"/api/v1/grants/{grant_id}/revoke", {"reason": "left the team"})
+    assert revoked.status_code == 200, revoked.text
+
+    while_revoking = api.get("alice", f"/api/v1/grants/{grant_id}/credentials")
+    api.work()
+    after_end = api.get("alice", f"/api/v1/grants/{grant_id}/credentials")
+
+    assert assert_problem(while_revoking, 409, "conflict")["rule"] == "grant-not-active"
+    assert assert_problem(after_end, 409, "conflict")["rule"] == "grant-not-active"
+    with api.container.engine.connect() as conn:
+        sealed = conn.execute(
+            text("SELECT credentials FROM grants WHERE id = :id"), {"id": grant_id}
+        ).scalar_one()
+    assert sealed is None  # erased when the grant ended
+
+
+def test_the_first_policy_cannot_be_applied_through_the_api(tmp_path: Path) -> None:
+    container = make_container(tmp_path)
+    upgrade(container)
+    with container.uow() as uow:
+        _, secret = create_token(uow, container.clock, principal="carol", created_by="test")
+    with TestClient(create_app(container)) as client:
+        response = client.put(
+            "/api/v1/policy", json={"yaml": POLICY}, headers={"Authorization": f"Bearer {secret}"}
+        )
+    assert_problem(response, 403, "forbidden")
+    with container.uow.readonly() as uow:
+        assert uow.policies.current() is None
+    container.close()

@@ -222,3 +222,23 @@ def test_two_workers_claim_each_grant_once(app: Container) -> None:
     with app.uow.readonly() as uow:
         assert len(uow.grants.list(state="active")) == 40
         assert verify_audit(uow).ok
+
+
+def test_policy_cannot_drop_a_role_with_live_grants(app: Container, tmp_path: Path) -> None:
+    from jitaccess.bootstrap import apply_policy_files
+    from support.databases import POLICY
+
+    _request(app, "demo/read")
+    trimmed = tmp_path / "trimmed.yaml"
+    trimmed.write_text(
+        POLICY.replace("  demo/read:\n    target: demo\n    grants: {scope: read}\n"
+                       "    duration: {default: 10m, max: 1h, min: 1s}\n", "")
+        .replace("roles: [demo/read, demo/admin]", "roles: [demo/admin]")
+    )  # fmt: skip
+    with pytest.raises(Conflict) as refused:
+        apply_policy_files(app, [str(trimmed)], actor="test")
+    assert refused.value.rule == "live-grants" and "demo/read" in refused.value.message
+    with app.uow.readonly() as uow:
+        current = uow.policies.current()
+        assert current is not None and current.version == 1
+        assert uow.audit.last(1)[0].entry.outcome == "refused"

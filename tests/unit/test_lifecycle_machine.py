@@ -4,6 +4,7 @@ cancels, early ends, extensions, target outages and clock moves keeps the rules 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -40,6 +41,7 @@ ROLES = ("demo/read", "demo/admin")
 
 # An index into the known requests or grants, and whether to prefer the open ones (pending
 # requests, live grants) so that decisions and early ends mostly land on something they can change.
+Pick = tuple[int, bool]
 picks = st.tuples(st.integers(min_value=0, max_value=10_000), st.booleans())
 minutes = st.one_of(
     st.sampled_from([timedelta(minutes=m) for m in (5, 30, 60, 120, 240)]),
@@ -76,30 +78,54 @@ class LifecycleMachine(RuleBasedStateMachine):
             policy=sample_policy(stages=(stage,), on_extend=on_extend, pending_ttl=pending_ttl)
         )
 
+    @initialize(
+        opening=st.lists(
+            st.tuples(
+                st.sampled_from(("alice", "bob")),
+                st.lists(st.sampled_from(ROLES), min_size=1, max_size=2, unique=True),
+                st.sampled_from([timedelta(minutes=m) for m in (10, 30, 60, 90)]),
+            ),
+            max_size=4,
+        )
+    )
+    def open_with_approved_grants(self, opening: list[tuple[str, list[str], timedelta]]) -> None:
+        """Every run starts with some access in place, whatever rules swarm testing enables."""
+        for who, roles, duration in opening:
+            request = self.h.request(who, *roles, duration=duration)
+            for approver in ("carol", "dan"):
+                if self.h.store.requests[request.id].state is RequestState.PENDING:
+                    self.h.decide(approver, request.id)
+        self.work()
+
     # --- helpers ------------------------------------------------------------------------------
     @property
     def fake(self) -> FakeConnector:
         return self.h.connectors.for_target(self.h.policy.targets["demo"])
 
-    def pick_request(self, pick: tuple[int, bool]) -> Request:
+    def pick_request(self, pick: Pick) -> Request:
         index, open_only = pick
         requests = list(self.h.store.requests.values())
         pending = [r for r in requests if r.state is RequestState.PENDING]
         choices = pending if open_only and pending else requests
         return choices[index % len(choices)]
 
-    def pick_grant(self, pick: tuple[int, bool]) -> Grant:
+    def pick_grant(self, pick: Pick) -> Grant:
         index, open_only = pick
         grants = list(self.h.store.grants.values())
         live = [g for g in grants if g.is_live]
         choices = live if open_only and live else grants
         return choices[index % len(choices)]
 
-    def attempt(self, action: Callable[[], object]) -> None:
-        try:
-            action()
-        except JitAccessError:
-            pass  # refused actions are part of the game; the invariants still hold
+    def attempt(self, action: Callable[[], object], then_work: bool) -> None:
+        with contextlib.suppress(JitAccessError):
+            action()  # a refused action is part of the game; the invariants must still hold
+        if then_work:  # as the real worker does when a commit wakes it
+            self.work()
+
+    def work(self) -> None:
+        healthy = not self.fake.failing
+        self.h.work()
+        self.healthy_pass_at = self.h.clock.now() if healthy else None
 
     def has_requests(self) -> bool:
         return bool(self.h.store.requests)
@@ -108,11 +134,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         return bool(self.h.store.grants)
 
     # --- rules --------------------------------------------------------------------------------
+    # Each action may be followed by a worker pass at the same instant (`then_work`), as the
+    # real worker runs when a commit wakes it.
     @rule(
         who=st.one_of(st.sampled_from(("alice", "bob")), st.sampled_from(REQUESTERS)),
         roles=st.lists(st.sampled_from(ROLES), min_size=1, max_size=2, unique=True),
         duration=st.one_of(st.none(), minutes),
         start_in=st.one_of(st.none(), minutes),
+        then_work=st.booleans(),
     )
     def request(
         self,
@@ -120,39 +149,51 @@ class LifecycleMachine(RuleBasedStateMachine):
         roles: list[str],
         duration: timedelta | None,
         start_in: timedelta | None,
+        then_work: bool,
     ) -> None:
-        self.attempt(lambda: self.h.request(who, *roles, duration=duration, start_in=start_in))
+        self.attempt(
+            lambda: self.h.request(who, *roles, duration=duration, start_in=start_in), then_work
+        )
 
     @precondition(has_requests)
-    @rule(who=approvers, pick=picks, decision=st.sampled_from(Decision))
-    def decide(self, who: str, pick: tuple[int, bool], decision: Decision) -> None:
+    @rule(who=approvers, pick=picks, decision=st.sampled_from(Decision), then_work=st.booleans())
+    def decide(self, who: str, pick: Pick, decision: Decision, then_work: bool) -> None:
         request = self.pick_request(pick)
-        self.attempt(lambda: self.h.decide(who, request.id, decision))
+        self.attempt(lambda: self.h.decide(who, request.id, decision), then_work)
 
     @precondition(has_requests)
-    @rule(who=actors, pick=picks)
-    def cancel(self, who: str | None, pick: tuple[int, bool]) -> None:
+    @rule(who=actors, pick=picks, then_work=st.booleans())
+    def cancel(self, who: str | None, pick: Pick, then_work: bool) -> None:
         request = self.pick_request(pick)
-        self.attempt(lambda: self.h.cancel(who or request.requester, request.id))
+        self.attempt(lambda: self.h.cancel(who or request.requester, request.id), then_work)
 
     @precondition(has_grants)
-    @rule(who=actors, pick=picks)
-    def deactivate(self, who: str | None, pick: tuple[int, bool]) -> None:
+    @rule(who=actors, pick=picks, then_work=st.booleans())
+    def deactivate(self, who: str | None, pick: Pick, then_work: bool) -> None:
         grant = self.pick_grant(pick)
-        self.attempt(lambda: self.h.end(who or grant.principal, grant.id, EndReason.DEACTIVATED))
+        self.attempt(
+            lambda: self.h.end(who or grant.principal, grant.id, EndReason.DEACTIVATED), then_work
+        )
 
     @precondition(has_grants)
-    @rule(who=st.sampled_from(("sam", "sam", "alice", "bob")), pick=picks, reason=st.booleans())
-    def revoke(self, who: str, pick: tuple[int, bool], reason: bool) -> None:
+    @rule(
+        who=st.sampled_from(("sam", "sam", "alice", "bob")),
+        pick=picks,
+        reason=st.booleans(),
+        then_work=st.booleans(),
+    )
+    def revoke(self, who: str, pick: Pick, reason: bool, then_work: bool) -> None:
         grant = self.pick_grant(pick)
         comment = "leaver" if reason else ""
-        self.attempt(lambda: self.h.end(who, grant.id, EndReason.REVOKED, comment=comment))
+        self.attempt(
+            lambda: self.h.end(who, grant.id, EndReason.REVOKED, comment=comment), then_work
+        )
 
     @precondition(has_grants)
-    @rule(who=actors, pick=picks, by=minutes)
-    def extend(self, who: str | None, pick: tuple[int, bool], by: timedelta) -> None:
+    @rule(who=actors, pick=picks, by=minutes, then_work=st.booleans())
+    def extend(self, who: str | None, pick: Pick, by: timedelta, then_work: bool) -> None:
         grant = self.pick_grant(pick)
-        self.attempt(lambda: self.h.extend(who or grant.principal, grant.id, by))
+        self.attempt(lambda: self.h.extend(who or grant.principal, grant.id, by), then_work)
 
     @rule()
     def toggle_target_failing(self) -> None:
@@ -166,9 +207,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     )
     def advance_and_work(self, seconds: int) -> None:
         self.h.clock.advance(timedelta(seconds=seconds))
-        healthy = not self.fake.failing
-        self.h.work()
-        self.healthy_pass_at = self.h.clock.now() if healthy else None
+        self.work()
 
     # --- invariants ---------------------------------------------------------------------------
     @invariant()

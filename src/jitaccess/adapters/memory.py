@@ -123,6 +123,9 @@ class _Grants:
             ]
         )
 
+    def live_roles(self) -> set[tuple[str, str]]:
+        return {(g.role, g.target) for g in self.store.grants.values() if g.is_live}
+
     def due(self, now: datetime, limit: int) -> builtins.list[Grant]:
         rows = [g for g in self.store.grants.values() if g.due_at is not None and g.due_at <= now]
         return copy.deepcopy(sorted(rows, key=lambda g: (g.due_at or now, g.id))[:limit])
@@ -132,10 +135,14 @@ class _Grants:
         dues += [r.due_at for r in self.store.requests.values() if r.due_at is not None]
         return min(dues, default=None)
 
+    def drop_credentials(self, grant_id: str) -> None:
+        if self.store.credentials.get(grant_id) is not None:
+            del self.store.credentials[grant_id]
+
     def set_credentials(self, grant_id: str, sealed: bytes) -> None:
         self.store.credentials[grant_id] = sealed
 
-    def take_credentials(self, grant_id: str) -> bytes | None:
+    def take_credentials(self, grant_id: str, at: datetime) -> bytes | None:
         sealed = self.store.credentials.get(grant_id)
         if sealed is not None:
             self.store.credentials[grant_id] = None

@@ -15,14 +15,8 @@ from typing import Any
 import yaml
 from yaml.nodes import Node
 
-from jitaccess.adapters.policy_schema import (
-    EligibilityDraft,
-    FileDraft,
-    FileWalk,
-    Loc,
-    RoleDraft,
-    join,
-)
+from jitaccess.adapters.policy_nodes import Loc, join
+from jitaccess.adapters.policy_schema import EligibilityDraft, FileDraft, FileWalk, RoleDraft
 from jitaccess.domain.durations import format_duration
 from jitaccess.domain.errors import PolicyInvalid, PolicyProblem
 from jitaccess.domain.policy import (

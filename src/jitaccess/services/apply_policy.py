@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jitaccess.domain.errors import Forbidden
+from jitaccess.domain.errors import Conflict, Forbidden
 from jitaccess.domain.policy import Policy
 from jitaccess.ports import Clock, PolicyVersion, UnitOfWork
 from jitaccess.services.context import audit, refuse
@@ -29,7 +29,9 @@ def apply_policy(
     """
     now = clock.now()
     current = uow.policies.current()
-    if current is not None and not on_server_host and not current.policy.is_admin(actor):
+    # Deny by default: through the API even the first policy needs an admin, so only the
+    # server host can bootstrap one.
+    if not on_server_host and (current is None or not current.policy.is_admin(actor)):
         raise refuse(
             uow,
             now,
@@ -40,6 +42,26 @@ def apply_policy(
         )
     if current is not None and current.digest == digest:
         return None
+    stranded = sorted(
+        f"{role} (target {target})"
+        for role, target in uow.grants.live_roles()
+        if role not in policy.roles or target not in policy.targets
+    )
+    if stranded:
+        # Their access could never be revoked: the connector would be gone with the target.
+        raise refuse(
+            uow,
+            now,
+            actor,
+            "policy.apply",
+            "policy",
+            Conflict(
+                "the new policy removes roles or targets that still have live grants: "
+                + ", ".join(stranded)
+                + "; revoke those grants first",
+                rule="live-grants",
+            ),
+        )
     version = PolicyVersion(
         version=(current.version + 1) if current else 1,
         policy=policy,

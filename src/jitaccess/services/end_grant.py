@@ -31,7 +31,7 @@ def end_grant(
             if not policy.is_admin(actor):
                 raise Forbidden("only an admin can revoke a grant", rule="not-an-admin")
             if not comment.strip():
-                raise InvalidInput("a revoke needs a reason", field="comment")
+                raise InvalidInput("a revoke needs a reason", field="reason")
         grant.begin_end(reason, now, actor=actor, comment=comment or None)
     except JitAccessError as error:
         raise refuse(uow, now, actor, action, grant_id, error) from None

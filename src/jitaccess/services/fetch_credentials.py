@@ -19,9 +19,13 @@ def fetch_credentials(
         # Someone else's grant looks exactly like a missing one: IDs reveal nothing.
         if grant is None or grant.principal != principal:
             raise NotFound(f"no grant {grant_id}")
-        if grant.state in (GrantState.SCHEDULED, GrantState.ACTIVATING):
-            raise Conflict(f"grant {grant.id} is {grant.state.value}; credentials come once active")
-        sealed = uow.grants.take_credentials(grant.id)
+        if grant.state is not GrantState.ACTIVE:
+            raise Conflict(
+                f"grant {grant.id} is {grant.state.value}; credentials are only handed out "
+                "while it is active",
+                rule="grant-not-active",
+            )
+        sealed = uow.grants.take_credentials(grant.id, now)
         if sealed is None:
             fetched = uow.grants.credentials_fetched(grant.id)
             raise Conflict(

@@ -165,6 +165,7 @@ class _Pass:
                 return
             grant.confirm_ended(now)
             uow.grants.save(grant)
+            uow.grants.drop_credentials(grant.id)
             data: dict[str, object] = {
                 "principal": grant.principal,
                 "role": grant.role,

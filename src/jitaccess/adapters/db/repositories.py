@@ -228,6 +228,14 @@ class SqlGrants:
         )
         return [_grant_from(r) for r in self.conn.execute(query)]
 
+    def live_roles(self) -> set[tuple[str, str]]:
+        query = (
+            select(grants.c.role, grants.c.target)
+            .where(grants.c.state.in_([s.value for s in LIVE_GRANT_STATES]))
+            .distinct()
+        )
+        return {(row.role, row.target) for row in self.conn.execute(query)}
+
     def due(self, now: datetime, limit: int) -> builtins.list[Grant]:
         # SKIP LOCKED: several workers on PostgreSQL each claim different rows.
         query = (
@@ -245,17 +253,20 @@ class SqlGrants:
         dues: list[datetime] = [d for d in (first_grant, first_request) if d is not None]
         return min(dues, default=None)
 
+    def drop_credentials(self, grant_id: str) -> None:
+        self.conn.execute(update(grants).where(grants.c.id == grant_id).values(credentials=None))
+
     def set_credentials(self, grant_id: str, sealed: bytes) -> None:
         self.conn.execute(update(grants).where(grants.c.id == grant_id).values(credentials=sealed))
 
-    def take_credentials(self, grant_id: str) -> bytes | None:
+    def take_credentials(self, grant_id: str, at: datetime) -> bytes | None:
         row = self.conn.execute(select(grants.c.credentials).where(grants.c.id == grant_id)).first()
         if row is None or row.credentials is None:
             return None
         self.conn.execute(
             update(grants)
             .where(grants.c.id == grant_id)
-            .values(credentials=None, credentials_fetched_at=func.current_timestamp())
+            .values(credentials=None, credentials_fetched_at=at)
         )
         sealed: bytes = row.credentials
         return sealed

@@ -7,6 +7,7 @@ made something due sooner sends NOTIFY so every worker re-plans its sleep.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -25,6 +26,7 @@ from jitaccess.adapters.db.repositories import (
 from jitaccess.domain.errors import AuditWriteFailed, Unavailable
 
 NOTIFY_CHANNEL = "jitaccess_due"
+log = logging.getLogger("jitaccess.db")
 
 
 def normalise_url(url: str) -> str:
@@ -82,7 +84,9 @@ class SqlUnitOfWork:
             if self.readonly:
                 self.conn = self.conn.execution_options(jit_readonly=True)
         except OperationalError as error:
-            raise Unavailable(f"the database cannot be reached: {error.orig}") from None
+            # The driver's message can name host and user: keep it for the log, not the caller.
+            log.warning("database unreachable: %s", error.orig)
+            raise Unavailable("the database cannot be reached") from None
         self.requests = SqlRequests(self.conn)
         self.grants = SqlGrants(self.conn)
         self.audit = SqlAudit(self.conn)

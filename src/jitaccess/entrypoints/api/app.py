@@ -9,7 +9,7 @@ from jitaccess.bootstrap import Container
 from jitaccess.entrypoints.api import routes_admin, routes_grants, routes_ops, routes_requests
 from jitaccess.entrypoints.api.metrics import HttpMetricsMiddleware, Metrics
 from jitaccess.entrypoints.api.problems import UnhandledErrorMiddleware, install_problem_handlers
-from jitaccess.entrypoints.api.schemas import Problem
+from jitaccess.entrypoints.api.schemas import PolicyDocument, Problem
 
 DESCRIPTION = (
     "Just-in-time privileged access. Authenticate with `Authorization: Bearer <token>`; "
@@ -27,19 +27,21 @@ def create_app(container: Container) -> FastAPI:
     # Added last is outermost: metrics also count the 500s the error middleware produces.
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    _document_problem_schema(app)
+    _add_referenced_schemas(app)
     return app
 
 
-def _document_problem_schema(app: FastAPI) -> None:
-    """Make sure `Problem` is in the OpenAPI components, which error responses refer to."""
+def _add_referenced_schemas(app: FastAPI) -> None:
+    """Add the schemas that hand-written parts of the document refer to: error responses
+    (`Problem`) and the JSON form of PUT /policy (`PolicyDocument`)."""
     original = app.openapi
 
     def openapi() -> dict[str, object]:
         if app.openapi_schema is None:
             schema = original()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.setdefault("Problem", Problem.model_json_schema())
+            for model in (Problem, PolicyDocument):
+                components.setdefault(model.__name__, model.model_json_schema())
             app.openapi_schema = schema
         return app.openapi_schema
 

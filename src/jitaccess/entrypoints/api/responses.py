@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from jitaccess.entrypoints.api.problems import PROBLEM_MEDIA_TYPE
-from jitaccess.entrypoints.api.schemas import Problem
 
+# app.py puts `Problem` into the components; only problem+json is ever sent for errors.
 _SCHEMA = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -22,7 +22,6 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     return {
         status: {
-            "model": Problem,
             "description": descriptions.get(status, "Problem"),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": _SCHEMA}},
         }

@@ -1,0 +1,301 @@
+"""What the benchmarks share: scratch PostgreSQL databases, a jitaccess container on SQLite or
+PostgreSQL, a target database with a group role, timing hooks, and percentile arithmetic.
+
+The hooks (a unit of work that signals each commit, connectors that time each call) are
+injected where bootstrap wires the container, so the code under test runs unpatched.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy import Engine, text
+
+from jitaccess.adapters.connectors.registry import ConnectorRegistry
+from jitaccess.adapters.db.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
+from jitaccess.bootstrap import Container, apply_policy_files, build, upgrade
+from jitaccess.domain.policy import Target
+from jitaccess.ports import Access, Connector, ExistingAccess
+from jitaccess.settings import Settings
+
+ADMIN_DSN = os.environ.get(
+    "JITACCESS_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+#: The policy's postgres target reads its admin connection string from this variable.
+TARGET_ENV = "JITACCESS_BENCH_TARGET_URL"
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_id() -> str:
+    """A short prefix that makes this run's principals, roles and databases unmistakable."""
+    return f"b{uuid.uuid4().hex[:6]}"
+
+
+# --- PostgreSQL scratch space ------------------------------------------------------------------
+
+
+def as_url(dsn: str) -> str:
+    """A libpq key=value DSN as the postgresql:// URL SQLAlchemy and settings expect
+    (the same conversion as tests/support/databases.py, which the bench cannot import:
+    the test support modules depend on pytest)."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return dsn
+    parts = conninfo_to_dict(dsn)
+    auth = quote(str(parts.get("user", "postgres")), safe="")
+    if parts.get("password"):
+        auth += ":" + quote(str(parts["password"]), safe="")
+    host, port = parts.get("host", "127.0.0.1"), parts.get("port", 5432)
+    return f"postgresql://{auth}@{host}:{port}/{parts['dbname']}"
+
+
+def server_version(dsn: str = ADMIN_DSN) -> str:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "unknown"
+
+
+@contextmanager
+def scratch_database(prefix: str, admin_dsn: str = ADMIN_DSN) -> Iterator[str]:
+    """A new, uniquely named database; dropped (sessions and all) afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(admin_dsn, dbname=name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@dataclass(frozen=True)
+class TargetDatabase:
+    """A scratch database the postgres connector grants into, and the group role it grants."""
+
+    dsn: str
+    group_role: str
+
+    @property
+    def url(self) -> str:
+        return as_url(self.dsn)
+
+
+@contextmanager
+def target_database(run: str) -> Iterator[TargetDatabase]:
+    """A scratch target with a NOLOGIN group role; afterwards every role of this run is dropped:
+    the login roles the connector made for principals named `<run>…` and the group role."""
+    group_role = f"bench_readers_{run}"
+    with scratch_database("jit_bench_target") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(group_role)))
+        try:
+            yield TargetDatabase(dsn, group_role)
+        finally:
+            dropped = drop_roles_of_run(dsn, run, group_role)
+            progress(f"cleanup: dropped {dropped} role(s) of run {run}")
+
+
+def drop_roles_of_run(dsn: str, run: str, group_role: str) -> int:
+    pattern = f"jit\\_{run}%"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        names = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [pattern]
+            ).fetchall()
+        ]
+        for name in [*names, group_role]:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    return len(names) + 1
+
+
+# --- jitaccess ---------------------------------------------------------------------------------
+
+
+class CommitSignal:
+    """Wakes whoever waits for 'something was committed'; a generation counter avoids races."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self.generation = 0
+
+    def fire(self) -> None:
+        with self._condition:
+            self.generation += 1
+            self._condition.notify_all()
+
+    def wait_past(self, generation: int, timeout: float) -> int:
+        with self._condition:
+            self._condition.wait_for(lambda: self.generation != generation, timeout)
+            return self.generation
+
+
+class SignallingUnitOfWork(SqlUnitOfWork):
+    def __init__(
+        self, engine: Engine, *, on_wake: Any, signal: CommitSignal, readonly: bool = False
+    ) -> None:
+        super().__init__(engine, on_wake=on_wake, readonly=readonly)
+        self._signal = signal
+
+    def commit(self) -> None:
+        super().commit()
+        self._signal.fire()
+
+
+class SignallingUnitOfWorkFactory(SqlUnitOfWorkFactory):
+    """The container's unit of work, plus a signal after every commit (worker's included)."""
+
+    def __init__(self, base: SqlUnitOfWorkFactory, signal: CommitSignal) -> None:
+        super().__init__(base.engine, on_wake=base.on_wake)
+        self.signal = signal
+
+    def __call__(self) -> SqlUnitOfWork:
+        return SignallingUnitOfWork(self.engine, on_wake=self.on_wake, signal=self.signal)
+
+
+@dataclass(frozen=True)
+class Call:
+    operation: str
+    grant_id: str
+    started: float  # time.time(), comparable with the database's UTC timestamps
+    finished: float
+
+
+@dataclass
+class CallLog:
+    calls: builtins.list[Call] = field(default_factory=list)
+
+    def of(self, operation: str) -> dict[str, Call]:
+        return {c.grant_id: c for c in list(self.calls) if c.operation == operation}
+
+
+class TimedConnector:
+    """A connector that records when each provision and revoke started and finished."""
+
+    def __init__(self, inner: Connector, log: CallLog) -> None:
+        self.inner = inner
+        self.log = log
+        self.per_grant_account = inner.per_grant_account
+
+    def provision(self, access: Access) -> Mapping[str, str] | None:
+        started = time.time()
+        result = self.inner.provision(access)
+        self.log.calls.append(Call("provision", access.grant_id, started, time.time()))
+        return result
+
+    def revoke(self, access: Access) -> None:
+        started = time.time()
+        self.inner.revoke(access)
+        self.log.calls.append(Call("revoke", access.grant_id, started, time.time()))
+
+    def extend(self, access: Access) -> None:
+        self.inner.extend(access)
+
+    def list_access(self) -> builtins.list[ExistingAccess]:
+        return self.inner.list_access()
+
+    def check(self) -> None:
+        self.inner.check()
+
+
+class TimedConnectors(ConnectorRegistry):
+    """The container's connector registry, each connector wrapped in a `TimedConnector`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = CallLog()
+
+    def for_target(self, definition: Target) -> Connector:
+        return TimedConnector(super().for_target(definition), self.log)
+
+    def inner(self, definition: Target) -> Connector:
+        return super().for_target(definition)
+
+
+@dataclass
+class Stack:
+    container: Container
+    signal: CommitSignal
+    connectors: TimedConnectors
+    store: str  # "sqlite" or "postgres"
+
+
+@contextmanager
+def jitaccess_stack(store: str, policy: str) -> Iterator[Stack]:
+    """A migrated jitaccess database (SQLite in a temp dir or a scratch PostgreSQL database)
+    with `policy` applied, and a container whose uow and connectors carry the bench hooks."""
+    with tempfile.TemporaryDirectory(prefix="jit_bench_") as tmp:
+        workdir = Path(tmp)
+        with _database_url(store, workdir) as url:
+            container = build(Settings(data_dir=workdir, database_url=url, run_worker=False))
+            signal = CommitSignal()
+            connectors = TimedConnectors()
+            container.uow = SignallingUnitOfWorkFactory(container.uow, signal)
+            container.connectors = connectors
+            try:
+                upgrade(container)
+                policy_file = workdir / "policy.yaml"
+                policy_file.write_text(policy)
+                apply_policy_files(container, [str(policy_file)], actor="bench")
+                yield Stack(container, signal, connectors, store)
+            finally:
+                container.close()
+
+
+@contextmanager
+def _database_url(store: str, workdir: Path) -> Iterator[str]:
+    if store == "sqlite":
+        yield f"sqlite:///{workdir / 'jitaccess.db'}"
+        return
+    with scratch_database("jit_bench_store") as dsn:
+        yield as_url(dsn)
+
+
+def grant_states(container: Container) -> dict[str, int]:
+    with container.engine.connect() as conn:
+        rows = conn.execute(text("SELECT state, count(*) FROM grants GROUP BY state")).all()
+    return {str(state): int(count) for state, count in rows}
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """n, p50, p99, max and mean of a series in milliseconds, rounded for reading."""
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50), 2),
+        "p99": round(percentile(values, 99), 2),
+        "max": round(max(values), 2) if values else math.nan,
+        "mean": round(sum(values) / len(values), 2) if values else math.nan,
+    }
