@@ -7,7 +7,6 @@ in-memory fakes implement them for unit tests.
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field

@@ -53,9 +53,10 @@ def _policy(path: Path, group_role: str, *, approval: bool) -> Path:
         "targets:\n  pg:\n    type: postgres\n    connection: {env: E2E_PG_ADMIN}\n"
         "roles:\n  pg/read:\n    target: pg\n"
         f"    grants: {{postgres_roles: [{group_role}]}}\n"
-        "    duration: {default: 5s, max: 1h, min: 1s}\n" + stage +
-        "eligibility:\n  - principals: [group:engineers]\n    roles: [pg/read]\n"
-    )  # fmt: skip
+        "    duration: {default: 5s, max: 1h, min: 1s}\n"
+        + stage
+        + "eligibility:\n  - principals: [group:engineers]\n    roles: [pg/read]\n"
+    )
     return path
 
 
@@ -79,8 +80,17 @@ def test_request_approve_login_and_session_ends_with_the_grant(
     cli(env, "policy", "apply", str(policy))
     alice, bob = _token(env, "alice"), _token(env, "bob")
     with running_server(env, policy, tmp_path / "server.log") as server:
-        request = cli_json(env, "request", "pg/read", "--for", "6s", "--reason", "INC-7 triage",
-                           token=alice, url=server.url)  # fmt: skip
+        request = cli_json(
+            env,
+            "request",
+            "pg/read",
+            "--for",
+            "6s",
+            "--reason",
+            "INC-7 triage",
+            token=alice,
+            url=server.url,
+        )
         assert request["state"] == "pending"
         # alice cannot approve her own request: refused with a meaningful exit code
         refused = cli(env, "approve", request["id"], token=alice, url=server.url, check=False)
@@ -88,8 +98,11 @@ def test_request_approve_login_and_session_ends_with_the_grant(
         approved = cli_json(env, "approve", request["id"], "-m", "ok", token=bob, url=server.url)
         assert approved["state"] == "approved"
         grant_id = approved["grants"][0]
-        wait_for(lambda: _grant(env, server.url, alice, grant_id)["state"] == "active", 20,
-                 "the grant to become active")  # fmt: skip
+        wait_for(
+            lambda: _grant(env, server.url, alice, grant_id)["state"] == "active",
+            20,
+            "the grant to become active",
+        )
         creds = cli_json(env, "credentials", grant_id, token=alice, url=server.url)
         again = cli(env, "credentials", grant_id, token=alice, url=server.url, check=False)
         assert again.returncode == 5  # handed out once
@@ -111,10 +124,16 @@ def test_request_approve_login_and_session_ends_with_the_grant(
                 return True
             return False
 
-        wait_for(lambda: session_gone(session) and session_gone(with_set_role), 30,
-                 "the open sessions to be terminated")  # fmt: skip
-        wait_for(lambda: _grant(env, server.url, alice, grant_id)["state"] == "expired", 10,
-                 "the grant to be marked expired")  # fmt: skip
+        wait_for(
+            lambda: session_gone(session) and session_gone(with_set_role),
+            30,
+            "the open sessions to be terminated",
+        )
+        wait_for(
+            lambda: _grant(env, server.url, alice, grant_id)["state"] == "expired",
+            10,
+            "the grant to be marked expired",
+        )
         ended = _grant(env, server.url, alice, grant_id)
         ended_at = datetime.fromisoformat(str(ended["ended_at"]).replace("Z", "+00:00"))
         assert ended_at >= ends_at
@@ -148,8 +167,11 @@ def test_grants_due_while_the_server_was_killed_are_revoked_after_restart(
             )["grants"][0]
             for _ in range(5)
         ]
-        wait_for(lambda: all(_grant(env, server.url, alice, g)["state"] == "active" for g in ids),
-                 20, "the grants to become active")  # fmt: skip
+        wait_for(
+            lambda: all(_grant(env, server.url, alice, g)["state"] == "active" for g in ids),
+            20,
+            "the grants to become active",
+        )
         accounts = {g: login_role_name("alice", g) for g in ids}
         assert all(role_exists(target.admin_dsn, name) for name in accounts.values())
         last_end = max(_ends_at(_grant(env, server.url, alice, g)) for g in ids)
@@ -158,10 +180,16 @@ def test_grants_due_while_the_server_was_killed_are_revoked_after_restart(
         wait_for(lambda: datetime.now(UTC) > last_end, 20, "the grants to be overdue")
         assert all(role_exists(target.admin_dsn, name) for name in accounts.values())
         server.start()
-        wait_for(lambda: not any(role_exists(target.admin_dsn, n) for n in accounts.values()),
-                 30, "the overdue roles to be dropped")  # fmt: skip
-        wait_for(lambda: all(_grant(env, server.url, alice, g)["state"] == "expired" for g in ids),
-                 10, "the grants to be marked expired")  # fmt: skip
+        wait_for(
+            lambda: not any(role_exists(target.admin_dsn, n) for n in accounts.values()),
+            30,
+            "the overdue roles to be dropped",
+        )
+        wait_for(
+            lambda: all(_grant(env, server.url, alice, g)["state"] == "expired" for g in ids),
+            10,
+            "the grants to be marked expired",
+        )
     assert cli(env, "audit", "verify", "--db").returncode == 0
 
 

@@ -42,9 +42,14 @@ def app(kind: str, tmp_path: Path, clock: FakeClock) -> Iterator[Container]:
 def _request(app: Container, role: str, who: str = "alice", minutes: int = 10) -> Request:
     with app.uow() as uow:
         result = request_access(
-            uow, app.clock, app.connectors, requester=who, roles=[role],
-            duration=timedelta(minutes=minutes), justification="incident 7",
-        )  # fmt: skip
+            uow,
+            app.clock,
+            app.connectors,
+            requester=who,
+            roles=[role],
+            duration=timedelta(minutes=minutes),
+            justification="incident 7",
+        )
     assert isinstance(result, Request)
     return result
 
@@ -64,9 +69,14 @@ def test_request_approve_provision_expire_round_trip(app: Container, clock: Fake
     assert request.state is RequestState.PENDING
     with app.uow() as uow:
         decided = decide_request(
-            uow, clock, app.connectors, request_id=request.id, approver="bob",
-            decision=Decision.APPROVE, comment="go",
-        )  # fmt: skip
+            uow,
+            clock,
+            app.connectors,
+            request_id=request.id,
+            approver="bob",
+            decision=Decision.APPROVE,
+            comment="go",
+        )
     assert decided.state is RequestState.APPROVED and len(decided.grant_ids) == 1
     _work(app)
     grant_id = decided.grant_ids[0]
@@ -139,19 +149,25 @@ def test_deleted_audit_row_is_named_by_verify(app: Container) -> None:
 def test_failed_audit_write_refuses_the_change(app: Container, kind: str) -> None:
     with app.engine.begin() as conn:
         if kind == "sqlite":
-            conn.execute(text(
-                "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
-                "BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
-            ))  # fmt: skip
+            conn.execute(
+                text(
+                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
+                    "BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
+                )
+            )
         else:
-            conn.execute(text(
-                "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$"
-            ))  # fmt: skip
-            conn.execute(text(
-                "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
-                "FOR EACH ROW EXECUTE FUNCTION no_audit()"
-            ))  # fmt: skip
+            conn.execute(
+                text(
+                    "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log "
+                    "FOR EACH ROW EXECUTE FUNCTION no_audit()"
+                )
+            )
     with pytest.raises(AuditWriteFailed):
         _request(app, "demo/read")
     with app.engine.connect() as conn:
@@ -160,10 +176,7 @@ def test_failed_audit_write_refuses_the_change(app: Container, kind: str) -> Non
 
 
 def test_concurrent_approvals_grant_exactly_once(app: Container, kind: str) -> None:
-    if kind == "sqlite":
-        threads_count = 6
-    else:
-        threads_count = 20
+    threads_count = 6 if kind == "sqlite" else 20
     request = _request(app, "demo/admin")
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -174,9 +187,13 @@ def test_concurrent_approvals_grant_exactly_once(app: Container, kind: str) -> N
         try:
             with app.uow() as uow:
                 decide_request(
-                    uow, app.clock, app.connectors, request_id=request.id, approver=approver,
+                    uow,
+                    app.clock,
+                    app.connectors,
+                    request_id=request.id,
+                    approver=approver,
                     decision=Decision.APPROVE,
-                )  # fmt: skip
+                )
             result = "approved"
         except Conflict:
             result = "conflict"
@@ -231,10 +248,12 @@ def test_policy_cannot_drop_a_role_with_live_grants(app: Container, tmp_path: Pa
     _request(app, "demo/read")
     trimmed = tmp_path / "trimmed.yaml"
     trimmed.write_text(
-        POLICY.replace("  demo/read:\n    target: demo\n    grants: {scope: read}\n"
-                       "    duration: {default: 10m, max: 1h, min: 1s}\n", "")
-        .replace("roles: [demo/read, demo/admin]", "roles: [demo/admin]")
-    )  # fmt: skip
+        POLICY.replace(
+            "  demo/read:\n    target: demo\n    grants: {scope: read}\n"
+            "    duration: {default: 10m, max: 1h, min: 1s}\n",
+            "",
+        ).replace("roles: [demo/read, demo/admin]", "roles: [demo/admin]")
+    )
     with pytest.raises(Conflict) as refused:
         apply_policy_files(app, [str(trimmed)], actor="test")
     assert refused.value.rule == "live-grants" and "demo/read" in refused.value.message

@@ -117,18 +117,37 @@ def private_cluster(auth: str = "scram-sha-256") -> Iterator[str]:
                 raise RuntimeError(f"{args[0]} failed: {result.stdout}{result.stderr}")
 
         run(
-            str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", auth,
-            f"--pwfile={pwfile}", "--no-sync", "--locale=C", "-E", "UTF8",
-        )  # fmt: skip
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            auth,
+            f"--pwfile={pwfile}",
+            "--no-sync",
+            "--locale=C",
+            "-E",
+            "UTF8",
+        )
         pwfile.unlink()
         for _attempt in range(3):  # another process may take the free port before we bind it
             port = _free_port()
             options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -F"
             try:
                 run(
-                    str(bindir / "pg_ctl"), "-D", str(data), "-l", str(workdir / "log"),
-                    "-o", options, "-w", "-t", "30", "start",
-                )  # fmt: skip
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(workdir / "log"),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "30",
+                    "start",
+                )
                 break
             except RuntimeError:
                 if _attempt == 2:

@@ -48,8 +48,10 @@ class Server:
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
             [CLI, "serve", "--port", str(self.port), "--policy", str(self.policy)],
-            env=self.env, stdout=handle, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
 
         def ready() -> bool:
             assert self.process is not None
@@ -88,8 +90,13 @@ def running_server(env: dict[str, str], policy: Path, log: Path) -> Iterator[Ser
         server.stop()
 
 
-def cli(env: dict[str, str], *args: str, token: str | None = None, url: str | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def cli(
+    env: dict[str, str],
+    *args: str,
+    token: str | None = None,
+    url: str | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     run_env = dict(env)
     if token is not None:
         run_env["JITACCESS_TOKEN"] = token
@@ -99,8 +106,9 @@ def cli(env: dict[str, str], *args: str, token: str | None = None, url: str | No
         [CLI, *args], env=run_env, capture_output=True, text=True, timeout=60, check=False
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"jitaccess {' '.join(args)} exited {result.returncode}: "
-                             f"{result.stdout}{result.stderr}")  # fmt: skip
+        raise AssertionError(
+            f"jitaccess {' '.join(args)} exited {result.returncode}: {result.stdout}{result.stderr}"
+        )
     return result
 
 

@@ -41,6 +41,17 @@ ROLES = ("demo/read", "demo/admin")
 
 # An index into the known requests or grants, and whether to prefer the open ones (pending
 # requests, live grants) so that decisions and early ends mostly land on something they can change.
+# The order grant states follow; a grant never moves back.
+STEP = {
+    GrantState.SCHEDULED: 0,
+    GrantState.ACTIVATING: 1,
+    GrantState.ACTIVE: 2,
+    GrantState.REVOKING: 3,
+    GrantState.EXPIRED: 4,
+    GrantState.REVOKED: 4,
+    GrantState.DEACTIVATED: 4,
+}
+
 Pick = tuple[int, bool]
 picks = st.tuples(st.integers(min_value=0, max_value=10_000), st.booleans())
 minutes = st.one_of(
@@ -269,6 +280,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             before_grant = self.grant_states.get(grant.id)
             if before_grant in ENDED_GRANT_STATES:
                 assert grant.state is before_grant, grant
+            if before_grant is not None:
+                # Only forward along the lifecycle: active -> activating would mean the access
+                # was taken away under a grant that still covered it.
+                assert STEP[grant.state] >= STEP[before_grant], (before_grant, grant)
             self.grant_states[grant.id] = grant.state
         assert self.request_states.keys() == self.h.store.requests.keys()
         assert self.grant_states.keys() == self.h.store.grants.keys()

@@ -5,7 +5,6 @@ Hypothesis state machines. One transaction at a time; rollback restores a snapsh
 from __future__ import annotations
 
 import builtins
-
 import copy
 import threading
 from collections.abc import Iterator

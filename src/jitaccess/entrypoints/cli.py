@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from jitaccess.bootstrap import Container
     from jitaccess.domain.policy import Policy
 
-app = typer.Typer(help="Just-in-time privileged access.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)  # fmt: skip
+app = typer.Typer(
+    help="Just-in-time privileged access.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 db_app = typer.Typer(help="Database schema (server host).", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens (server host).", no_args_is_help=True)
 policy_app = typer.Typer(help="Policy as code.", no_args_is_help=True)
@@ -178,15 +179,33 @@ def token_list(as_json: JsonOpt = False) -> None:
     container = _container()
     with container.uow.readonly() as uow:
         tokens = uow.tokens.list()
-    rows: list[dict[str, Any]] = [{"id": t.id, "principal": t.principal, "created_at": t.created_at.isoformat(),
-             "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
-             "description": t.description} for t in tokens]  # fmt: skip
+    rows: list[dict[str, Any]] = [
+        {
+            "id": t.id,
+            "principal": t.principal,
+            "created_at": t.created_at.isoformat(),
+            "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+            "description": t.description,
+        }
+        for t in tokens
+    ]
     if as_json:
         show.emit_json(rows)
         return
-    show.table("Tokens", ["id", "principal", "created", "revoked", "description"],
-               [[r["id"], r["principal"], show.when(r["created_at"]),
-                 show.when(r["revoked_at"]), r["description"]] for r in rows])  # fmt: skip
+    show.table(
+        "Tokens",
+        ["id", "principal", "created", "revoked", "description"],
+        [
+            [
+                r["id"],
+                r["principal"],
+                show.when(r["created_at"]),
+                show.when(r["revoked_at"]),
+                r["description"],
+            ]
+            for r in rows
+        ],
+    )
 
 
 # --- policy -----------------------------------------------------------------------------------
@@ -207,8 +226,10 @@ def _load(files: list[Path]) -> Policy:
 def policy_validate(files: list[Path]) -> None:
     """Check policy files; every problem names file, line and key."""
     policy = _load(files)
-    show.out.print(f"valid: {len(policy.users)} users, {len(policy.targets)} targets, "
-                   f"{len(policy.roles)} roles, {len(policy.eligibility)} eligibility rows")  # fmt: skip
+    show.out.print(
+        f"valid: {len(policy.users)} users, {len(policy.targets)} targets, "
+        f"{len(policy.roles)} roles, {len(policy.eligibility)} eligibility rows"
+    )
 
 
 @policy_app.command("plan")
@@ -224,8 +245,12 @@ def policy_plan(files: list[Path], as_json: JsonOpt = False) -> None:
         current = uow.policies.current()
     changes = plan_policy(current.policy if current else None, policy)
     if as_json:
-        show.emit_json([{"action": c.action, "kind": c.kind, "name": c.name,
-                         "details": list(c.details)} for c in changes])  # fmt: skip
+        show.emit_json(
+            [
+                {"action": c.action, "kind": c.kind, "name": c.name, "details": list(c.details)}
+                for c in changes
+            ]
+        )
         return
     if not changes:
         show.out.print("no changes")
@@ -236,8 +261,9 @@ def policy_plan(files: list[Path], as_json: JsonOpt = False) -> None:
         for detail in change.details:
             show.out.print(f"    {detail}", highlight=False)
     counts = {a: sum(c.action == a for c in changes) for a in marks}
-    show.out.print(f"plan: {counts['add']} to add, {counts['change']} to change, "
-                   f"{counts['remove']} to remove")  # fmt: skip
+    show.out.print(
+        f"plan: {counts['add']} to add, {counts['change']} to change, {counts['remove']} to remove"
+    )
 
 
 @policy_app.command("apply")
@@ -274,8 +300,13 @@ def request_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask for one or more roles."""
-    body = {"roles": roles, "duration": duration, "justification": reason, "ticket": ticket,
-            "start_at": start_at}  # fmt: skip
+    body = {
+        "roles": roles,
+        "duration": duration,
+        "justification": reason,
+        "ticket": ticket,
+        "start_at": start_at,
+    }
     result = Client().call("POST", "/requests", json=body, params={"dry_run": str(dry_run).lower()})
     if as_json:
         show.emit_json(result)
@@ -284,8 +315,10 @@ def request_cmd(
         if not result["needs_approval"]:
             show.out.print("no approval needed: it would activate at once")
         for stage in result["stages"]:
-            show.out.print(f"  {stage['role']}: stage {stage['stage']} needs "
-                           f"{stage['min_approvals']} of {', '.join(stage['approvers'])}")  # fmt: skip
+            show.out.print(
+                f"  {stage['role']}: stage {stage['stage']} needs "
+                f"{stage['min_approvals']} of {', '.join(stage['approvers'])}"
+            )
     else:
         show.show_requests([result])
 
@@ -439,9 +472,22 @@ def audit_tail(
     if as_json:
         show.emit_json(items)
         return
-    show.table("Audit", ["seq", "at", "actor", "action", "subject", "outcome", "comment"],
-               [[str(r["seq"]), r["at"], r["actor"], r["action"], r["subject"],
-                 r["outcome"], r.get("comment") or ""] for r in items])  # fmt: skip
+    show.table(
+        "Audit",
+        ["seq", "at", "actor", "action", "subject", "outcome", "comment"],
+        [
+            [
+                str(r["seq"]),
+                r["at"],
+                r["actor"],
+                r["action"],
+                r["subject"],
+                r["outcome"],
+                r.get("comment") or "",
+            ]
+            for r in items
+        ],
+    )
 
 
 @audit_app.command("verify")
@@ -471,8 +517,10 @@ def audit_verify(
             f"audit chain intact: {report['records']} records, head {report['head'][:16]}"
         )
     else:
-        show.out.print(f"[bold red]audit chain broken at record {report['first_bad_seq']}[/]: "
-                       f"{report['reason']}")  # fmt: skip
+        show.out.print(
+            f"[bold red]audit chain broken at record {report['first_bad_seq']}[/]: "
+            f"{report['reason']}"
+        )
     if not report["ok"]:
         sys.exit(EXIT_ERROR)
 

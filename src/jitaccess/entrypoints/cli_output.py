@@ -19,10 +19,18 @@ def err_print(message: str) -> None:
 
 
 _STATE_STYLE = {
-    "pending": "yellow", "approved": "green", "denied": "red", "cancelled": "dim",
-    "expired": "dim", "scheduled": "cyan", "activating": "yellow", "active": "bold green",
-    "revoking": "yellow", "revoked": "red", "deactivated": "dim",
-}  # fmt: skip
+    "pending": "yellow",
+    "approved": "green",
+    "denied": "red",
+    "cancelled": "dim",
+    "expired": "dim",
+    "scheduled": "cyan",
+    "activating": "yellow",
+    "active": "bold green",
+    "revoking": "yellow",
+    "revoked": "red",
+    "deactivated": "dim",
+}
 
 
 def emit_json(data: Any) -> None:

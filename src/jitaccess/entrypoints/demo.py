@@ -42,25 +42,34 @@ def run_demo(*, port: int, data_dir: Path) -> None:
         lines = []
         with container.uow() as uow:
             for name in DEMO_USERS:
-                _, secret = create_token(uow, container.clock, principal=name,
-                                         created_by="demo", description="demo token")  # fmt: skip
+                _, secret = create_token(
+                    uow,
+                    container.clock,
+                    principal=name,
+                    created_by="demo",
+                    description="demo token",
+                )
                 lines.append(f"{name.upper().replace('-', '_')}_TOKEN={secret}")
         tokens_file.write_text("\n".join(lines) + "\n")
         tokens_file.chmod(0o600)
     url = f"http://{settings.host}:{port}"
     console = Console()
-    console.print(Panel.fit(
-        f"[bold]jitaccess demo[/] at [link={url}]{url}[/]  (docs: {url}/docs)\n"
-        f"database: {settings.resolved_database_url}\n"
-        f"demo tokens: {tokens_file}  (alice requests, bob approves, sam is an admin, erin audits)\n\n"
-        f"  set -a; . {tokens_file}; set +a; export JITACCESS_URL={url}\n"
-        "  JITACCESS_TOKEN=$ALICE_TOKEN .venv/bin/jitaccess request demo/read --for 15m -r 'look around'\n"
-        "  JITACCESS_TOKEN=$ALICE_TOKEN .venv/bin/jitaccess request demo/admin --for 30m "
-        "-r 'fix INC-42' --ticket INC-42\n"
-        "  JITACCESS_TOKEN=$BOB_TOKEN   .venv/bin/jitaccess requests --to-approve\n"
-        "  JITACCESS_TOKEN=$BOB_TOKEN   .venv/bin/jitaccess approve REQUEST_ID\n"
-        "  JITACCESS_TOKEN=$ALICE_TOKEN .venv/bin/jitaccess grants\n"
-        "  JITACCESS_TOKEN=$ALICE_TOKEN .venv/bin/jitaccess credentials GRANT_ID",
-        title="ready",
-    ))  # fmt: skip
+    console.print(
+        Panel.fit(
+            f"[bold]jitaccess demo[/] at [link={url}]{url}[/]  (docs: {url}/docs)\n"
+            f"database: {settings.resolved_database_url}\n"
+            f"demo tokens: {tokens_file}\n"
+            "  (alice requests, bob approves, sam is an admin, erin audits)\n\n"
+            f"  set -a; . {tokens_file}; set +a; export JITACCESS_URL={url}\n"
+            "  JITACCESS_TOKEN=$ALICE_TOKEN .venv/bin/jitaccess request demo/read "
+            "--for 15m -r 'look around'\n"
+            "  JITACCESS_TOKEN=$ALICE_TOKEN .venv/bin/jitaccess request demo/admin --for 30m "
+            "-r 'fix INC-42' --ticket INC-42\n"
+            "  JITACCESS_TOKEN=$BOB_TOKEN   .venv/bin/jitaccess requests --to-approve\n"
+            "  JITACCESS_TOKEN=$BOB_TOKEN   .venv/bin/jitaccess approve REQUEST_ID\n"
+            "  JITACCESS_TOKEN=$ALICE_TOKEN .venv/bin/jitaccess grants\n"
+            "  JITACCESS_TOKEN=$ALICE_TOKEN .venv/bin/jitaccess credentials GRANT_ID",
+            title="ready",
+        )
+    )
     run_server(container, host=None, port=port, policy=[], worker=True)

@@ -67,8 +67,9 @@ def run_server(
     bind_host, bind_port = host or settings.host, port or settings.port
     log.info("jitaccess listening on http://%s:%s", bind_host, bind_port)
     try:
-        uvicorn.run(app, host=bind_host, port=bind_port, log_level=settings.log_level,
-                    access_log=False)  # fmt: skip
+        uvicorn.run(
+            app, host=bind_host, port=bind_port, log_level=settings.log_level, access_log=False
+        )
     finally:
         if background is not None:
             background.shutdown()

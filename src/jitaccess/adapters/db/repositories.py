@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-
 import json
 import threading
 from collections.abc import Iterator, Mapping
@@ -146,10 +145,24 @@ class SqlRequests:
 # --- grants -----------------------------------------------------------------------------------
 
 _GRANT_FIELDS = (
-    "id", "request_id", "principal", "role", "target", "access_key", "starts_at", "ends_at",
-    "created_at", "ended_at", "ended_by", "end_comment", "attempts", "next_attempt_at",
-    "failing_since", "flagged_at", "last_error",
-)  # fmt: skip
+    "id",
+    "request_id",
+    "principal",
+    "role",
+    "target",
+    "access_key",
+    "starts_at",
+    "ends_at",
+    "created_at",
+    "ended_at",
+    "ended_by",
+    "end_comment",
+    "attempts",
+    "next_attempt_at",
+    "failing_since",
+    "flagged_at",
+    "last_error",
+)
 
 
 def _grant_row(grant: Grant) -> dict[str, Any]:

@@ -1,0 +1,327 @@
+"""Revocation lag: how long after a grant's end its access is confirmed gone, with 1,000 grants
+ending over a ~20 s window, provisioned and revoked by the real threaded `Worker`.
+
+Lag of a grant = `ended_at` (written only after the connector confirmed the revoke) - `ends_at`.
+A poller thread independently watches a sample of the accounts in the target itself.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from bench.setup import (
+    TARGET_ENV,
+    Stack,
+    grant_states,
+    jitaccess_stack,
+    progress,
+    run_id,
+    summary,
+    target_database,
+)
+from jitaccess.adapters.connectors.fake import FakeConnector
+from jitaccess.adapters.connectors.postgres import login_role_name
+from jitaccess.domain.model import Grant, GrantState, Request
+from jitaccess.entrypoints.worker import Worker
+from jitaccess.services.request_access import request_access
+
+NAME = "revocation_lag"
+ROLE = "bench/read"
+TARGET_P99_MS = 1000.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    grants: int
+    window: float  # seconds over which the ends are spread
+    lead: float  # seconds from the first request to the first end
+    sampled: int  # grants the poller watches in the target
+    poll_interval: float = 0.005
+
+
+FULL = Plan(grants=1000, window=20.0, lead=25.0, sampled=50)
+QUICK = Plan(grants=200, window=10.0, lead=10.0, sampled=20)
+
+
+def policy(run: str, grants: int, target: str, role_grants: str) -> str:
+    """`grants` principals `<run>u0000`… eligible, without approval, for one role on `target`."""
+    users = "".join(f"  {run}u{i:04d}: {{groups: [engineers]}}\n" for i in range(grants))
+    return (
+        f"admins: [group:security]\nusers:\n  {run}admin: {{groups: [security]}}\n{users}"
+        f"targets:\n  bench: {target}\n"
+        f"roles:\n  {ROLE}:\n    target: bench\n    grants: {role_grants}\n"
+        "    duration: {default: 1m, min: 1s, max: 1h}\n"
+        f"eligibility:\n  - principals: [group:engineers]\n    roles: [{ROLE}]\n"
+    )
+
+
+# --- watching the target -----------------------------------------------------------------------
+
+
+@dataclass
+class Poller:
+    """Checks which sampled accounts still exist, every `interval`, and notes when each goes."""
+
+    accounts: dict[str, str]  # grant id -> account name in the target
+    still_there: Callable[[Sequence[str]], set[str]]
+    interval: float
+    gone_at: dict[str, float] = field(default_factory=dict)  # grant id -> time.time()
+    missing_at_start: set[str] = field(default_factory=set)
+    polls: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bench-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        watching = dict(self.accounts)
+        first = True
+        while watching and not self._stop.is_set():
+            present = self.still_there(list(watching.values()))
+            seen = time.time()  # an upper bound: the account was gone when the query ran
+            self.polls += 1
+            for grant_id, account in list(watching.items()):
+                if account not in present:
+                    if first:
+                        self.missing_at_start.add(grant_id)
+                    self.gone_at[grant_id] = seen
+                    del watching[grant_id]
+            first = False
+            self._stop.wait(self.interval)
+
+
+def postgres_presence(dsn: str) -> tuple[Callable[[Sequence[str]], set[str]], Callable[[], None]]:
+    conn = psycopg.connect(dsn, autocommit=True)
+
+    def still_there(names: Sequence[str]) -> set[str]:
+        rows = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(names)]
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    return still_there, conn.close
+
+
+def fake_presence(connector: FakeConnector) -> Callable[[Sequence[str]], set[str]]:
+    def still_there(accounts: Sequence[str]) -> set[str]:
+        present = {a.partition("@")[0] for a in accounts if connector.has(*a.split("@", 1))}
+        return {a for a in accounts if a.partition("@")[0] in present}
+
+    return still_there
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    plan = QUICK if quick else FULL
+    return [measure("postgres", "postgres", plan), measure("sqlite", "fake", plan)]
+
+
+def measure(store: str, connector: str, plan: Plan) -> dict[str, Any]:
+    run = run_id()
+    label = f"{connector} connector, {store} store"
+    progress(f"{NAME} [{label}]: setting up {plan.grants} principals (run {run})")
+    with ExitStack() as stack:
+        if connector == "postgres":
+            target = stack.enter_context(target_database(run))
+            os.environ[TARGET_ENV] = target.url
+            target_block = f"{{type: postgres, connection: {{env: {TARGET_ENV}}}}}"
+            role_grants = f"{{postgres_roles: [{target.group_role}]}}"
+        else:
+            target_block, role_grants = "{type: fake}", "{scope: read}"
+        text = policy(run, plan.grants, target_block, role_grants)
+        bench = stack.enter_context(jitaccess_stack(store, text))
+        worker = Worker(bench.container)
+        worker.start()
+        stack.callback(worker.shutdown)
+        return _measure(bench, run, connector, plan, label, worker)
+    raise AssertionError("unreachable")
+
+
+def _measure(
+    bench: Stack, run: str, connector: str, plan: Plan, label: str, worker: Worker
+) -> dict[str, Any]:
+    container = bench.container
+    clock = container.clock
+    started = time.monotonic()
+    first_end = clock.now() + timedelta(seconds=plan.lead)
+    step = plan.window / plan.grants
+    grant_ids: list[str] = []
+    for i in range(plan.grants):
+        ends_at = first_end + timedelta(seconds=i * step)
+        with container.uow() as uow:
+            request = request_access(
+                uow,
+                clock,
+                container.connectors,
+                requester=f"{run}u{i:04d}",
+                roles=[ROLE],
+                duration=ends_at - clock.now(),
+                justification="revocation lag benchmark",
+            )
+        assert isinstance(request, Request)
+        grant_ids.extend(request.grant_ids)
+    created = time.monotonic() - started
+    progress(
+        f"{NAME} [{label}]: created {len(grant_ids)} grants in {created:.1f}s "
+        f"({len(grant_ids) / created:.0f}/s); ends spread over {plan.window:.0f}s "
+        f"starting {(first_end - clock.now()).total_seconds():.1f}s from now"
+    )
+
+    states = _wait(container, lambda s: s.get("active", 0) >= plan.grants, first_end, label)
+    active_at = clock.now()
+    margin = (first_end - active_at).total_seconds()
+    progress(
+        f"{NAME} [{label}]: all {states.get('active', 0)} grants active "
+        f"{time.monotonic() - started:.1f}s after the first request, "
+        f"{margin:.1f}s before the first end"
+    )
+
+    sample = _sample(grant_ids, plan.sampled)
+    poller, close = _poller(bench, run, connector, sample, plan)
+    poller.start()
+    deadline = first_end + timedelta(seconds=plan.window + 120)
+    try:
+        states = _wait(container, lambda s: s.get("expired", 0) >= plan.grants, deadline, label)
+    finally:
+        poller.stop()
+        close()
+    progress(f"{NAME} [{label}]: grants by state {states}; poller ran {poller.polls} queries")
+
+    grants = _grants(bench, grant_ids)
+    return _report(bench, grants, poller, plan, label, connector, bench.store, margin)
+
+
+def _sample(grant_ids: list[str], count: int) -> list[str]:
+    stride = max(1, len(grant_ids) // count)
+    return grant_ids[::stride][:count]
+
+
+def _poller(
+    bench: Stack, run: str, connector: str, sample: list[str], plan: Plan
+) -> tuple[Poller, Callable[[], None]]:
+    grants = {g.id: g for g in _grants(bench, sample)}
+    if connector == "postgres":
+        still_there, close = postgres_presence(os.environ[TARGET_ENV])
+        accounts = {g: login_role_name(grants[g].principal, g) for g in sample}
+    else:
+        target = bench.container.current_policy().targets["bench"]
+        inner = bench.connectors.inner(target)
+        assert isinstance(inner, FakeConnector)
+        still_there, close = fake_presence(inner), (lambda: None)
+        accounts = {g: f"{grants[g].principal}@{grants[g].role}" for g in sample}
+    return Poller(accounts, still_there, plan.poll_interval), close
+
+
+def _grants(bench: Stack, grant_ids: list[str]) -> list[Grant]:
+    wanted = set(grant_ids)
+    with bench.container.uow.readonly() as uow:
+        every = uow.grants.list(limit=len(grant_ids) + 1_000_000)
+    return [g for g in every if g.id in wanted]
+
+
+def _wait(
+    container: Any, done: Callable[[dict[str, int]], bool], deadline: datetime, label: str
+) -> dict[str, int]:
+    last_print = time.monotonic()
+    while True:
+        states = grant_states(container)
+        if done(states) or datetime.now(UTC) > deadline:
+            return states
+        if time.monotonic() - last_print >= 5:
+            progress(f"{NAME} [{label}]: grants by state {states}")
+            last_print = time.monotonic()
+        time.sleep(0.2)
+
+
+def _ms(delta: timedelta) -> float:
+    return delta.total_seconds() * 1000
+
+
+def _report(
+    bench: Stack,
+    grants: list[Grant],
+    poller: Poller,
+    plan: Plan,
+    label: str,
+    connector: str,
+    store: str,
+    margin: float,
+) -> dict[str, Any]:
+    ended = [g for g in grants if g.ended_at is not None and g.state is GrantState.EXPIRED]
+    lags = [_ms(g.ended_at - g.ends_at) for g in ended if g.ended_at is not None]
+    by_id = {g.id: g for g in grants}
+    revokes = bench.connectors.log.of("revoke")
+    waited, in_target, recorded = [], [], []
+    for g in ended:
+        call = revokes.get(g.id)
+        if call is None or g.ended_at is None:
+            continue
+        waited.append(call.started * 1000 - g.ends_at.timestamp() * 1000)
+        in_target.append((call.finished - call.started) * 1000)
+        recorded.append(g.ended_at.timestamp() * 1000 - call.finished * 1000)
+    observed = {
+        gid: gone * 1000 - by_id[gid].ends_at.timestamp() * 1000
+        for gid, gone in poller.gone_at.items()
+        if gid not in poller.missing_at_start
+    }
+    beyond = [
+        gid
+        for gid, lag in observed.items()
+        if (ended_at := by_id[gid].ended_at) is not None
+        and lag > _ms(ended_at - by_id[gid].ends_at) + 1000 * plan.poll_interval + 50
+    ]
+    stats = summary(lags)
+    result: dict[str, Any] = {
+        "benchmark": NAME,
+        "variant": f"{connector} connector, {store} store",
+        "connector": connector,
+        "store": store,
+        "grants": plan.grants,
+        "window_s": plan.window,
+        "ended": len(ended),
+        "not_ended": len(grants) - len(ended),
+        "active_margin_s": round(margin, 1),
+        "lag_ms": stats,
+        "target": f"p99 <= {TARGET_P99_MS:.0f} ms",
+        "met": bool(ended) and len(ended) == len(grants) and stats["p99"] <= TARGET_P99_MS,
+        "breakdown_ms": {
+            "end_to_revoke_start": summary(waited),
+            "connector_revoke": summary(in_target),
+            "revoke_to_recorded": summary(recorded),
+        },
+        "poller": {
+            "sampled": len(poller.accounts),
+            "seen_gone": len(observed),
+            "missing_at_start": len(poller.missing_at_start),
+            "never_gone": len(poller.accounts) - len(poller.gone_at),
+            "max_observed_lag_ms": round(max(observed.values()), 2) if observed else None,
+            "p50_observed_lag_ms": summary(list(observed.values()))["p50"],
+            "gone_later_than_reported": len(beyond),
+            "interval_ms": plan.poll_interval * 1000,
+        },
+    }
+    progress(
+        f"{NAME} [{label}]: lag p50 {stats['p50']:.0f} ms, p99 {stats['p99']:.0f} ms, "
+        f"max {stats['max']:.0f} ms over {len(lags)} grants; poller saw {len(observed)} of "
+        f"{len(poller.accounts)} sampled accounts go, max {result['poller']['max_observed_lag_ms']}"
+        " ms after their end"
+    )
+    return result
