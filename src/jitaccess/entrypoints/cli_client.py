@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 err = Console(stderr=True)
 
@@ -33,7 +34,7 @@ _STATUS_EXIT = {
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -15,7 +15,7 @@ _err = Console(stderr=True)
 
 
 def err_print(message: str) -> None:
-    _err.print(message, highlight=False, markup=False)
+    _err.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 _STATE_STYLE = {

@@ -81,7 +81,9 @@ class Worker:
                 continue
             if report.did_anything:
                 continue  # more may be due right behind what we just handled
-            self.container.wake.wait(self.seconds_until_due())
+            idle = self.seconds_until_due()
+            log.debug("worker idle for up to %.3fs", idle)
+            self.container.wake.wait(idle)
 
     def run_once(self) -> WorkReport:
         report = run_due_work(
