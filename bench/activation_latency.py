@@ -10,12 +10,16 @@ COMMENT ON ROLE in one transaction (dropping the role afterwards is not timed).
 
 from __future__ import annotations
 
+import cProfile
+import io
 import os
+import pstats
 import secrets
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,6 +38,7 @@ from jitaccess.domain.model import Decision, GrantState, Request
 from jitaccess.entrypoints.worker import Worker
 from jitaccess.services.decide_request import decide_request
 from jitaccess.services.request_access import request_access
+from jitaccess.services.run_due_work import WorkReport
 
 NAME = "activation_latency"
 ROLE = "bench/approved"
@@ -76,12 +81,28 @@ class Activation:
     active_seen: float | None
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+class ProfiledWorker(Worker):
+    """The real worker, with each pass run under cProfile (only with --profile: the profiler
+    slows the code it watches, so profiled figures are not the reported ones)."""
+
+    def __init__(self, container: Any, profile: cProfile.Profile) -> None:
+        super().__init__(container)
+        self.profile = profile
+
+    def run_once(self) -> WorkReport:
+        self.profile.enable()
+        try:
+            return super().run_once()
+        finally:
+            self.profile.disable()
+
+
+def run(quick: bool = False, profile_dir: Path | None = None) -> list[dict[str, Any]]:
     plan = QUICK if quick else FULL
-    return [measure("sqlite", plan), measure("postgres", plan)]
+    return [measure(store, plan, profile_dir) for store in ("sqlite", "postgres")]
 
 
-def measure(store: str, plan: Plan) -> dict[str, Any]:
+def measure(store: str, plan: Plan, profile_dir: Path | None = None) -> dict[str, Any]:
     run = run_id()
     label = f"{store} store"
     progress(f"{NAME} [{label}]: setting up (run {run})")
@@ -89,7 +110,12 @@ def measure(store: str, plan: Plan) -> dict[str, Any]:
         target = stack.enter_context(target_database(run))
         os.environ[TARGET_ENV] = target.url
         bench = stack.enter_context(jitaccess_stack(store, policy(run, target.group_role)))
-        worker = Worker(bench.container)
+        in_worker, in_bench = cProfile.Profile(), cProfile.Profile()
+        worker = (
+            Worker(bench.container)
+            if profile_dir is None
+            else ProfiledWorker(bench.container, in_worker)
+        )
         worker.start()
         stack.callback(worker.shutdown)
         raw = stack.enter_context(psycopg.connect(target.dsn, autocommit=True))
@@ -97,20 +123,40 @@ def measure(store: str, plan: Plan) -> dict[str, Any]:
         baseline: list[float] = []
         for i in range(plan.warmup + plan.iterations):
             # Alternate which goes first so neither always runs on a freshly idle machine.
+            raw_ms: list[float] = []
             if i % 2:
-                baseline_ms = _raw(raw, run, target.group_role, i)
-                activation = _jitaccess(bench, run)
-            else:
-                activation = _jitaccess(bench, run)
-                baseline_ms = _raw(raw, run, target.group_role, i)
+                raw_ms.append(_raw(raw, run, target.group_role, i))
+            if profile_dir is not None and i >= plan.warmup:
+                in_bench.enable()
+            activation = _jitaccess(bench, run)
+            in_bench.disable()
+            if not i % 2:
+                raw_ms.append(_raw(raw, run, target.group_role, i))
             if i >= plan.warmup:
                 activations.append(activation)
-                baseline.append(baseline_ms)
+                baseline.extend(raw_ms)
             done = i + 1 - plan.warmup
             if done > 0 and (done % 50 == 0 or done == plan.iterations):
                 progress(f"{NAME} [{label}]: {done}/{plan.iterations} iterations")
+        worker.shutdown()
+        if profile_dir is not None:
+            _write_profile(profile_dir / f"activation_profile_{store}.txt", in_bench, in_worker)
         return _report(bench, activations, baseline, label)
     raise AssertionError("unreachable")
+
+
+def _write_profile(path: Path, in_bench: cProfile.Profile, in_worker: cProfile.Profile) -> None:
+    out = io.StringIO()
+    for title, profile in (
+        ("request_access + decide_request + wait (bench thread)", in_bench),
+        ("worker passes (jit-worker thread; provisioning runs inline for one grant)", in_worker),
+    ):
+        out.write(f"=== {title} ===\n")
+        stats = pstats.Stats(profile, stream=out)
+        stats.sort_stats("cumulative").print_stats(40)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(out.getvalue())
+    progress(f"{NAME}: profile written to {path}")
 
 
 def _jitaccess(bench: Stack, run: str) -> Activation:

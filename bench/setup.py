@@ -299,3 +299,49 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "max": round(max(values), 2) if values else math.nan,
         "mean": round(sum(values) / len(values), 2) if values else math.nan,
     }
+
+
+# --- the machine's other load ------------------------------------------------------------------
+
+
+def _process_cpu_ticks() -> dict[int, tuple[str, int]]:
+    """pid -> (command, user+system clock ticks so far) for every process we can read."""
+    found: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        command = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (command, int(fields[11]) + int(fields[12]))
+    return found
+
+
+class ForeignLoad:
+    """CPU that processes other than this one and the PostgreSQL server used meanwhile, in
+    cores: a benchmark on a 2-core machine shared with a test suite measures the suite too."""
+
+    def __init__(self) -> None:
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._before = _process_cpu_ticks()
+        self._started = time.monotonic()
+
+    def cores(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        own = os.getpid()
+        busy: dict[str, float] = {}
+        for pid, (command, ticks) in _process_cpu_ticks().items():
+            if pid == own or command.startswith("postgres"):
+                continue
+            before = self._before.get(pid)
+            spent = ticks - (before[1] if before and before[0] == command else 0)
+            if spent > 0:
+                busy[command] = busy.get(command, 0.0) + spent / self._tick / elapsed
+        top = sorted(busy.items(), key=lambda item: -item[1])[:3]
+        return {
+            "cores": round(sum(busy.values()), 2),
+            "top": {command: round(cores, 2) for command, cores in top},
+        }

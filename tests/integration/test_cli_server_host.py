@@ -82,3 +82,11 @@ def test_audit_verify_names_an_edited_row_and_an_export_verifies_offline(tmp_pat
     export.write_text("\n".join(lines) + "\n")
     offline = cli_json(env, "audit", "verify", "--file", str(export), check=False)
     assert offline["ok"] is False and offline["first_bad_seq"] == 2
+
+
+def test_server_host_refusals_use_the_same_exit_codes_as_the_api(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    missing = cli(env, "token", "revoke", "tok_does_not_exist", check=False)
+    assert missing.returncode == 4 and "no token tok_does_not_exist" in missing.stderr
+    bad_name = cli(env, "token", "create", "--principal", "user:alice", check=False)
+    assert bad_name.returncode == 2 and "field" not in bad_name.stdout

@@ -62,6 +62,15 @@ actors = st.one_of(st.none(), st.sampled_from(USERS))  # None: the grantee or re
 approvers = st.one_of(st.sampled_from(("bob", "dan", "carol")), st.sampled_from(USERS))
 
 
+def waiting_for_retry(grant: Grant, now: datetime) -> bool:
+    """A failed provision or revoke waits out its backoff; until then its access may linger."""
+    return (
+        grant.state in (GrantState.ACTIVATING, GrantState.REVOKING)
+        and grant.next_attempt_at is not None
+        and grant.next_attempt_at > now
+    )
+
+
 class LifecycleMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -317,6 +326,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         for grant in self.h.store.grants.values():
             if grant.state is GrantState.ACTIVE:
                 assert grant.ends_at > now, grant
+        for access in self.fake.list_access():
+            principal, _, role = access.account.partition("@")
+            assert any(
+                g.is_live
+                and g.principal == principal
+                and g.role == role
+                and (g.ends_at > now or waiting_for_retry(g, now))
+                for g in self.h.store.grants.values()
+            ), f"access {access.account} outlives every grant that explains it"
 
     @invariant()
     def audit_chain_verifies(self) -> None:

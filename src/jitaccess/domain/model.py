@@ -106,6 +106,9 @@ class Request:
                 f"cannot {action} request {self.id}: it is {self.state.value}, not pending"
             )
 
+    def is_past_ttl(self, now: datetime) -> bool:
+        return self.pending_until is not None and now >= self.pending_until
+
     def has_decided(self, principal: str) -> bool:
         return any(a.approver == principal for a in self.approvals)
 
@@ -132,7 +135,7 @@ class Request:
 
     def expire(self, now: datetime) -> None:
         self._require_pending("expire")
-        if self.pending_until is None or now < self.pending_until:
+        if not self.is_past_ttl(now):
             raise Conflict(f"request {self.id} is not past its pending TTL")
         self.state = RequestState.EXPIRED
         self.decided_at = now

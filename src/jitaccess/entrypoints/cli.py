@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from rich.markup import escape
 
 from jitaccess.domain.errors import JitAccessError, PolicyInvalid
 from jitaccess.entrypoints import cli_output as show
-from jitaccess.entrypoints.cli_client import EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE, Client, fail
+from jitaccess.entrypoints.cli_client import (
+    EXIT_ERROR,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Client,
+    exit_code_for,
+    fail,
+)
 
 if TYPE_CHECKING:
     from jitaccess.bootstrap import Container
@@ -37,17 +45,22 @@ CommentOpt = Annotated[str, typer.Option("--comment", "-m", help="A comment for 
 def _container() -> Container:
     from pydantic import ValidationError
 
-    from jitaccess.bootstrap import build
+    from jitaccess.bootstrap import build, upgrade
     from jitaccess.settings import Settings
 
     try:
-        return build(Settings())
+        container = build(Settings())
     except ValidationError as error:
         problems = "; ".join(
             f"JITACCESS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
             for e in error.errors()
         )
         fail(f"bad setting: {problems}", EXIT_USAGE)
+    try:
+        upgrade(container)  # a no-op when the schema is current
+    except JitAccessError as error:
+        _domain_exit(error)
+    return container
 
 
 def _domain_exit(error: JitAccessError) -> NoReturn:
@@ -58,7 +71,7 @@ def _domain_exit(error: JitAccessError) -> NoReturn:
             f"policy is invalid: {len(error.problems)} problem(s); nothing was changed",
             EXIT_REFUSED,
         )
-    fail(error.message + (f" (rule: {error.rule})" if error.rule else ""), EXIT_REFUSED)
+    fail(error.message + (f" (rule: {error.rule})" if error.rule else ""), exit_code_for(error))
 
 
 # --- server -----------------------------------------------------------------------------------
@@ -73,7 +86,7 @@ def serve(
     ] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="API only.")] = False,
 ) -> None:
-    """Run the API, web UI and worker in one process."""
+    """Run the API and the worker in one process."""
     from jitaccess.entrypoints.server import run_server
 
     container = _container()
@@ -92,13 +105,11 @@ def serve(
 @app.command()
 def worker() -> None:
     """Run the worker alone (expiries, provisioning, retries)."""
-    from jitaccess.bootstrap import upgrade
     from jitaccess.entrypoints.server import configure_logging
     from jitaccess.entrypoints.worker import run_worker
 
     container = _container()
     configure_logging(container.settings.log_level)
-    upgrade(container)
     run_worker(container)
 
 
@@ -118,10 +129,7 @@ def demo(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the schema of JITACCESS_DATABASE_URL."""
-    from jitaccess.bootstrap import upgrade
-
     container = _container()
-    upgrade(container)
     show.out.print(f"database at {container.engine.url.render_as_string()} is up to date")
 
 
@@ -135,11 +143,10 @@ def token_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API token; the secret is shown once and only its hash is kept."""
-    from jitaccess.bootstrap import operator, upgrade
+    from jitaccess.bootstrap import operator
     from jitaccess.services.manage_tokens import create_token
 
     container = _container()
-    upgrade(container)
     try:
         with container.uow() as uow:
             token, secret = create_token(
@@ -235,12 +242,10 @@ def policy_validate(files: list[Path]) -> None:
 @policy_app.command("plan")
 def policy_plan(files: list[Path], as_json: JsonOpt = False) -> None:
     """Show what applying these files would add, change and remove."""
-    from jitaccess.bootstrap import upgrade
     from jitaccess.domain.policy_plan import plan_policy
 
     policy = _load(files)
     container = _container()
-    upgrade(container)
     with container.uow.readonly() as uow:
         current = uow.policies.current()
     changes = plan_policy(current.policy if current else None, policy)
@@ -257,9 +262,9 @@ def policy_plan(files: list[Path], as_json: JsonOpt = False) -> None:
         return
     marks = {"add": "[green]+[/]", "change": "[yellow]~[/]", "remove": "[red]-[/]"}
     for change in changes:
-        show.out.print(f"{marks[change.action]} {change.kind} {change.name}")
+        show.out.print(f"{marks[change.action]} {escape(change.kind)} {escape(change.name)}")
         for detail in change.details:
-            show.out.print(f"    {detail}", highlight=False)
+            show.out.print(f"    {escape(detail)}", highlight=False)
     counts = {a: sum(c.action == a for c in changes) for a in marks}
     show.out.print(
         f"plan: {counts['add']} to add, {counts['change']} to change, {counts['remove']} to remove"
@@ -269,11 +274,10 @@ def policy_plan(files: list[Path], as_json: JsonOpt = False) -> None:
 @policy_app.command("apply")
 def policy_apply(files: list[Path]) -> None:
     """Apply policy files as a new version (atomic, versioned, audited)."""
-    from jitaccess.bootstrap import apply_policy_files, upgrade
+    from jitaccess.bootstrap import apply_policy_files
 
     _load(files)
     container = _container()
-    upgrade(container)
     try:
         version = apply_policy_files(container, [str(f) for f in files])
     except JitAccessError as error:

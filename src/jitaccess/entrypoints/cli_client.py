@@ -11,6 +11,17 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
+from jitaccess.domain.errors import (
+    AuditWriteFailed,
+    Conflict,
+    ConnectorError,
+    InvalidInput,
+    JitAccessError,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+
 err = Console(stderr=True)
 
 # Exit codes that mean something to scripts (documented in the README).
@@ -31,6 +42,21 @@ _STATUS_EXIT = {
     502: EXIT_UNAVAILABLE,
     503: EXIT_UNAVAILABLE,
 }
+
+
+def exit_code_for(error: JitAccessError) -> int:
+    """The same exit codes whether a refusal came from the API or from the database directly."""
+    if isinstance(error, NotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(error, Conflict):
+        return EXIT_CONFLICT
+    if isinstance(error, InvalidInput):
+        return EXIT_USAGE
+    if isinstance(error, Unauthenticated):
+        return EXIT_UNAUTHENTICATED
+    if isinstance(error, Unavailable | ConnectorError | AuditWriteFailed):
+        return EXIT_UNAVAILABLE
+    return EXIT_REFUSED
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:

@@ -33,7 +33,10 @@ def demo_policy_files(data_dir: Path) -> list[str]:
 def run_demo(*, port: int, data_dir: Path) -> None:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    settings = Settings(data_dir=data_dir, port=port)
+    # The demo always uses its own SQLite file, whatever JITACCESS_DATABASE_URL says.
+    settings = Settings(
+        data_dir=data_dir, port=port, database_url=f"sqlite:///{data_dir / 'jitaccess.db'}"
+    )
     container = build(settings)
     files = demo_policy_files(data_dir)
     prepare(container, files)

@@ -12,8 +12,9 @@ from jitaccess.entrypoints.worker import Worker
 
 log = logging.getLogger("jitaccess")
 
-# Several replicas may start at once on one PostgreSQL: migrate under an advisory lock.
-_MIGRATION_LOCK = 7_291_455
+# Several replicas may start at once with the same --policy: apply it one at a time, so the
+# second sees the first's version and finds nothing to change.
+_POLICY_LOCK = 7_291_456
 
 
 def configure_logging(level: str) -> None:
@@ -23,20 +24,19 @@ def configure_logging(level: str) -> None:
 
 
 def prepare(container: Container, policy: list[str]) -> None:
-    if container.engine.dialect.name == "postgresql":
-        with container.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
-            try:
-                upgrade(container)
-                if policy:
-                    _apply(container, policy)
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
-                conn.commit()
-        return
     upgrade(container)
-    if policy:
+    if not policy:
+        return
+    if container.engine.dialect.name != "postgresql":
         _apply(container, policy)
+        return
+    with container.engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _POLICY_LOCK})
+        try:
+            _apply(container, policy)
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _POLICY_LOCK})
+            conn.commit()
 
 
 def _apply(container: Container, policy: list[str]) -> None:

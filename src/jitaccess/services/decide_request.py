@@ -28,17 +28,23 @@ def decide_request(
     if request is None:
         raise refuse(uow, now, approver, action, request_id, NotFound(f"no request {request_id}"))
     policy = uow.policies.get(request.policy_version) or current_policy(uow)
+    if request.state is RequestState.PENDING and request.is_past_ttl(now):
+        # The worker has not got to it yet; the TTL holds all the same.
+        request.expire(now)
+        uow.requests.save(request)
+        audit(uow, now, "system", "request.expired", request.id)
+        uow.commit()
     try:
         if request.state is not RequestState.PENDING:
             raise Conflict(
                 f"request {request.id} is {request.state.value}; decisions are closed",
                 rule="stale-decision",
             )
-        marks = approvals.count_decision(policy.policy, request, approver, now)
         if request.has_decided(approver):
             raise Conflict(
                 f"{approver} has already decided on request {request.id}", rule="decided-twice"
             )
+        marks = approvals.count_decision(policy.policy, request, approver, now)
     except JitAccessError as error:
         raise refuse(uow, now, approver, action, request.id, error) from None
 

@@ -36,7 +36,8 @@ def fetch_credentials(
             )
     except JitAccessError as error:
         raise refuse(uow, now, principal, "grant.credentials", grant_id, error) from None
+    # Open before committing the erasure: a key mismatch must not lose the credentials.
+    credentials: dict[str, str] = json.loads(box.open(sealed))
     audit(uow, now, principal, "grant.credentials_fetched", grant.id)
     uow.commit()
-    credentials: dict[str, str] = json.loads(box.open(sealed))
     return credentials
