@@ -40,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="also profile the activation path with cProfile (bench/results/*.txt); "
-        "profiled runs are slower, so keep their figures out of the README",
+        help="profile the activation path with cProfile into bench/results/*.txt; the "
+        "profiler slows what it watches, so a profiled run does not update the results",
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -77,10 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(text_table(rows))
     print()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
-    write_readme(document, rows)
-    progress(f"wrote {RESULTS.relative_to(HERE.parent)} and {README.relative_to(HERE.parent)}")
+    if args.profile:
+        progress("profiled run: latest.json and README.md left as they were")
+    else:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+        write_readme(document, rows)
+        progress(f"wrote {RESULTS.relative_to(HERE.parent)} and {README.relative_to(HERE.parent)}")
     progress(f"total runtime {runtime:.0f}s")
     return 0
 
@@ -101,16 +104,9 @@ def machine_facts() -> dict[str, Any]:
         cpus = len(os.sched_getaffinity(0))  # what `nproc` prints
     except AttributeError:
         cpus = os.cpu_count() or 0
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit and _git("status", "--porcelain", "--untracked-files=no", "--", "src"):
+        commit += " + uncommitted changes in src/"
     return {
         "cpus": cpus,
         "cpu_model": model,
@@ -119,6 +115,17 @@ def machine_facts() -> dict[str, Any]:
         "os": platform.platform(),
         "commit": commit or "unknown",
     }
+
+
+def _git(*args: str) -> str:
+    """Read-only git queries, so the results say which code they measured."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=HERE.parent, capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -261,7 +268,15 @@ def breakdown_tables(document: dict[str, Any]) -> list[str]:
                 (step.replace("_", " "), str(s["n"]), _ms(s["p50"]), _ms(s["p99"]), _ms(s["max"]))
                 for step, s in steps.items()
             ]
-            parts.append(f"**{title}, {r['variant']}** — where the time goes:\n")
+            handled = (
+                f"{r['iterations']} activations" if "iterations" in r else f"{r['grants']} expiries"
+            )
+            passes = (
+                f" (the worker loop made {r['worker_passes']} passes for {handled})"
+                if "worker_passes" in r
+                else ""
+            )
+            parts.append(f"**{title}, {r['variant']}** — where the time goes{passes}:\n")
             parts.append(markdown_table(("Step", "n", "p50", "p99", "max"), rows) + "\n")
     return parts
 
@@ -293,7 +308,7 @@ def results_section(document: dict[str, Any], rows: list[tuple[str, ...]]) -> st
     )
     lines = [
         f"Generated {document['generated_at']} by `{document['command']}` "
-        f"(total {document['runtime_s']:.0f}s) at commit `{m['commit']}`.",
+        f"(total {document['runtime_s']:.0f}s) on commit `{m['commit']}`.",
         "",
         f"Machine: {m['cpus']} CPUs (`nproc`), {m['cpu_model']}; Python {m['python']}; "
         f"PostgreSQL {m['postgresql']}; {m['os']}.",

@@ -19,15 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import Engine, text
 
 from jitaccess.adapters.connectors.registry import ConnectorRegistry
-from jitaccess.adapters.db.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory
+from jitaccess.adapters.db.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, libpq_dsn_to_url
 from jitaccess.bootstrap import Container, apply_policy_files, build, upgrade
 from jitaccess.domain.policy import Target
 from jitaccess.ports import Access, Connector, ExistingAccess
@@ -50,20 +49,6 @@ def run_id() -> str:
 
 
 # --- PostgreSQL scratch space ------------------------------------------------------------------
-
-
-def as_url(dsn: str) -> str:
-    """A libpq key=value DSN as the postgresql:// URL SQLAlchemy and settings expect
-    (the same conversion as tests/support/databases.py, which the bench cannot import:
-    the test support modules depend on pytest)."""
-    if dsn.startswith(("postgresql://", "postgres://")):
-        return dsn
-    parts = conninfo_to_dict(dsn)
-    auth = quote(str(parts.get("user", "postgres")), safe="")
-    if parts.get("password"):
-        auth += ":" + quote(str(parts["password"]), safe="")
-    host, port = parts.get("host", "127.0.0.1"), parts.get("port", 5432)
-    return f"postgresql://{auth}@{host}:{port}/{parts['dbname']}"
 
 
 def server_version(dsn: str = ADMIN_DSN) -> str:
@@ -96,7 +81,7 @@ class TargetDatabase:
 
     @property
     def url(self) -> str:
-        return as_url(self.dsn)
+        return libpq_dsn_to_url(self.dsn)
 
 
 @contextmanager
@@ -267,7 +252,7 @@ def _database_url(store: str, workdir: Path) -> Iterator[str]:
         yield f"sqlite:///{workdir / 'jitaccess.db'}"
         return
     with scratch_database("jit_bench_store") as dsn:
-        yield as_url(dsn)
+        yield libpq_dsn_to_url(dsn)
 
 
 def grant_states(container: Container) -> dict[str, int]:

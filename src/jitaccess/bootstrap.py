@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from jitaccess.adapters.db.migrate import upgrade_database
 from jitaccess.adapters.db.unit_of_work import SqlUnitOfWorkFactory, make_engine
 from jitaccess.adapters.policy_yaml import load_policy_files, policy_digest, policy_to_document
 from jitaccess.adapters.secret_box import FernetSecretBox
+from jitaccess.adapters.wakeup import Wakeup
 from jitaccess.clock import SystemClock
 from jitaccess.domain.policy import Policy
 from jitaccess.domain.policy_plan import plan_policy
@@ -30,7 +30,7 @@ class Container:
     clock: Clock
     connectors: ConnectorRegistry
     box: FernetSecretBox
-    wake: threading.Event = field(default_factory=threading.Event)
+    wake: Wakeup = field(default_factory=Wakeup)
 
     def current_policy(self) -> Policy:
         with self.uow.readonly() as uow:
@@ -48,11 +48,11 @@ def build(settings: Settings | None = None, *, clock: Clock | None = None) -> Co
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(url)
-    wake = threading.Event()
+    wake = Wakeup()
     container = Container(
         settings=settings,
         engine=engine,
-        uow=SqlUnitOfWorkFactory(engine, on_wake=wake.set),
+        uow=SqlUnitOfWorkFactory(engine, on_wake=wake.ring),
         clock=clock or SystemClock(),
         connectors=ConnectorRegistry(),
         box=FernetSecretBox.from_file(settings.resolved_secret_key_file),

@@ -258,8 +258,8 @@ class UnitOfWork(Protocol):
 
     def rollback(self) -> None: ...
 
-    def wake_worker(self) -> None:
-        """After commit, wake the workers: something became due sooner than they planned."""
+    def wake_worker(self, due: datetime | None = None) -> None:
+        """After commit, tell the workers something becomes due at `due` (None: now)."""
         ...
 
 

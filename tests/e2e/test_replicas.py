@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.databases import as_url
+from jitaccess.adapters.db.unit_of_work import libpq_dsn_to_url
 from support.postgres import require_postgres, scratch_database
 from support.processes import CLI, base_env, cli, cli_json, free_port, wait_for
 
@@ -38,7 +38,7 @@ eligibility:
 def database() -> Iterator[str]:
     require_postgres()
     with scratch_database("jit_replicas") as dsn:
-        yield as_url(dsn)
+        yield libpq_dsn_to_url(dsn)
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

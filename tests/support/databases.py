@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
-from psycopg.conninfo import conninfo_to_dict
-
+from jitaccess.adapters.db.unit_of_work import libpq_dsn_to_url
 from jitaccess.bootstrap import Container, apply_policy_files, build, upgrade
 from jitaccess.clock import FakeClock
 from jitaccess.settings import Settings
@@ -53,19 +51,7 @@ def database_url(kind: str, tmp_path: Path) -> Iterator[str]:
         return
     require_postgres()
     with scratch_database("jit_store") as dsn:
-        yield as_url(dsn)
-
-
-def as_url(dsn: str) -> str:
-    """A libpq key=value DSN as the postgresql:// URL SQLAlchemy and settings expect."""
-    if dsn.startswith(("postgresql://", "postgres://")):
-        return dsn
-    parts = conninfo_to_dict(dsn)
-    auth = quote(str(parts.get("user", "postgres")), safe="")
-    if parts.get("password"):
-        auth += ":" + quote(str(parts["password"]), safe="")
-    host, port = parts.get("host", "127.0.0.1"), parts.get("port", 5432)
-    return f"postgresql://{auth}@{host}:{port}/{parts['dbname']}"
+        yield libpq_dsn_to_url(dsn)
 
 
 @contextmanager

@@ -106,16 +106,20 @@ class LifecycleMachine(RuleBasedStateMachine):
                 st.sampled_from([timedelta(minutes=m) for m in (10, 30, 60, 90)]),
             ),
             max_size=4,
-        )
+        ),
+        then_work=st.booleans(),
     )
-    def open_with_approved_grants(self, opening: list[tuple[str, list[str], timedelta]]) -> None:
-        """Every run starts with some access in place, whatever rules swarm testing enables."""
+    def open_with_approved_grants(
+        self, opening: list[tuple[str, list[str], timedelta]], then_work: bool
+    ) -> None:
+        """Every run starts with some approved grants, whatever rules swarm testing enables."""
         for who, roles, duration in opening:
             request = self.h.request(who, *roles, duration=duration)
             for approver in ("carol", "dan"):
                 if self.h.store.requests[request.id].state is RequestState.PENDING:
                     self.h.decide(approver, request.id)
-        self.work()
+        if then_work:
+            self.work()
 
     # --- helpers ------------------------------------------------------------------------------
     @property
@@ -256,6 +260,14 @@ class LifecycleMachine(RuleBasedStateMachine):
                         and StageMark(role_name, index) in a.counted_for
                     }
                     assert len(approvers) >= stage.min_approvals, request
+
+    @invariant()
+    def no_decision_counts_after_the_pending_ttl(self) -> None:
+        for request in self.h.store.requests.values():
+            if request.pending_until is None:
+                continue
+            for decision in request.approvals:
+                assert decision.at < request.pending_until, request
 
     @invariant()
     def no_grant_longer_than_its_roles_max_or_than_what_was_approved(self) -> None:

@@ -254,7 +254,7 @@ class MemoryUnitOfWork:
         for repo in (self.requests, self.grants, self.audit, self.policies, self.tokens):
             repo.store = self.store
 
-    def wake_worker(self) -> None:
+    def wake_worker(self, due: datetime | None = None) -> None:
         self._wake = True
 
 

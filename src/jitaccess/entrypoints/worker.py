@@ -16,7 +16,7 @@ from datetime import timedelta
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
-from jitaccess.adapters.db.unit_of_work import NOTIFY_CHANNEL
+from jitaccess.adapters.db.unit_of_work import NOTIFY_CHANNEL, PROCESS_TOKEN, parse_payload
 from jitaccess.bootstrap import Container
 from jitaccess.domain.errors import Unavailable
 from jitaccess.services.run_due_work import WorkerOptions, WorkReport, run_due_work
@@ -67,7 +67,6 @@ class Worker:
     def run(self) -> None:
         failures = 0
         while not self.stop.is_set():
-            self.container.wake.clear()
             try:
                 report = self.run_once()
                 failures = 0
@@ -79,11 +78,14 @@ class Worker:
                 )
                 self.container.wake.wait(delay)
                 continue
-            if report.did_anything:
-                continue  # more may be due right behind what we just handled
+            if report.full:
+                continue  # a whole batch: more is waiting right behind it
             idle = self.seconds_until_due()
+            if idle <= 0:
+                continue
             log.debug("worker idle for up to %.3fs", idle)
-            self.container.wake.wait(idle)
+            planned = self.container.clock.now() + timedelta(seconds=idle)
+            self.container.wake.sleep_until(planned, idle)
 
     def run_once(self) -> WorkReport:
         report = run_due_work(
@@ -119,8 +121,10 @@ class Worker:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.container.wake.set()  # we may have missed something while away
                     while not self.stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self.container.wake.set()
+                        for note in conn.notifies(timeout=1.0, stop_after=1):
+                            sender, due = parse_payload(note.payload)
+                            if sender != PROCESS_TOKEN:  # ours already rang in-process
+                                self.container.wake.ring(due)
             except psycopg.Error as error:
                 log.warning("LISTEN connection lost (%s); reconnecting", type(error).__name__)
                 time.sleep(1.0)

@@ -83,7 +83,7 @@ def extend_grant(
         assert role.approval is not None
         request.pending_until = now + role.approval.pending_ttl
         uow.requests.add(request)
-        uow.wake_worker()
+        uow.wake_worker(request.pending_until)
         uow.commit()
         return Extension(grant, request)
     request.approve(now)

@@ -82,7 +82,7 @@ def issue_grants(
             },
         )
         grants.append(grant)
-    uow.wake_worker()
+        uow.wake_worker(grant.due_at)
     return grants
 
 
@@ -111,5 +111,5 @@ def extend_existing(
         ticket=request.ticket,
         data={"request": request.id, "from": old_end.isoformat(), "to": new_end.isoformat()},
     )
-    uow.wake_worker()
+    # No wake-up: an extension only moves an end later, so the worker's plan is early enough.
     return grant

@@ -122,7 +122,7 @@ def request_access(
         uow.requests.save(request)
     else:
         uow.requests.add(request)
-        uow.wake_worker()  # its pending TTL may be the nearest due event
+        uow.wake_worker(request.pending_until)  # its pending TTL may be the nearest event
     uow.commit()
     return request
 

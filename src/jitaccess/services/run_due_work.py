@@ -40,6 +40,14 @@ class WorkReport:
     flagged: int = 0
     errors: list[str] = field(default_factory=list)
 
+    claimed: int = 0
+    batch: int = 0
+
+    @property
+    def full(self) -> bool:
+        """The pass took a whole batch, so more may be due right now."""
+        return self.claimed >= self.batch or self.expired_requests >= self.batch
+
     @property
     def did_anything(self) -> bool:
         return bool(self.expired_requests or self.provisioned or self.ended or self.failures)
@@ -60,7 +68,7 @@ def run_due_work(
     executor: Executor | None = None,
 ) -> WorkReport:
     """One pass over everything due now; returns what happened."""
-    work = _Pass(uow_factory, clock, connectors, box, options, WorkReport())
+    work = _Pass(uow_factory, clock, connectors, box, options, WorkReport(batch=options.batch))
     claims = work.claim()
     if executor is None or len(claims) <= 1:
         for claim in claims:
@@ -101,6 +109,7 @@ class _Pass:
                 if current is not None:
                     claims.append(_Claim(grant, current))
             uow.commit()
+        self.report.claimed = len(claims)
         return claims
 
     def perform(self, claim: _Claim) -> None:

@@ -386,39 +386,46 @@ class SqlPolicies:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def _load(self, row: Row[Any]) -> PolicyVersion:
+    def _load(self, version: int, digest: str) -> PolicyVersion:
+        """A version parsed once per process: rows are immutable, keyed by (version, digest)."""
         from jitaccess.adapters.policy_yaml import load_policy_text
 
-        key = (row.version, row.digest)
+        key = (version, digest)
         with _policy_cache_lock:
             cached = _policy_cache.get(key)
         if cached is not None:
             return cached
+        row = self.conn.execute(
+            select(policy_versions).where(policy_versions.c.version == version)
+        ).one()
         document: Mapping[str, Any] = row.document
-        policy = load_policy_text(json.dumps(document), f"policy v{row.version}")
-        version = PolicyVersion(
+        loaded = PolicyVersion(
             version=row.version,
-            policy=policy,
+            policy=load_policy_text(json.dumps(document), f"policy v{row.version}"),
             document=document,
             digest=row.digest,
             applied_at=row.applied_at,
             applied_by=row.applied_by,
         )
         with _policy_cache_lock:
-            _policy_cache[key] = version
-        return version
+            _policy_cache[key] = loaded
+        return loaded
 
     def current(self) -> PolicyVersion | None:
         row = self.conn.execute(
-            select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
+            select(policy_versions.c.version, policy_versions.c.digest)
+            .order_by(policy_versions.c.version.desc())
+            .limit(1)
         ).first()
-        return self._load(row) if row else None
+        return self._load(row.version, row.digest) if row else None
 
     def get(self, version: int) -> PolicyVersion | None:
         row = self.conn.execute(
-            select(policy_versions).where(policy_versions.c.version == version)
+            select(policy_versions.c.version, policy_versions.c.digest).where(
+                policy_versions.c.version == version
+            )
         ).first()
-        return self._load(row) if row else None
+        return self._load(row.version, row.digest) if row else None
 
     def add(self, version: PolicyVersion) -> None:
         self.conn.execute(

@@ -8,13 +8,16 @@ made something due sooner sends NOTIFY so every worker re-plans its sleep.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.pool import NullPool
 
 from jitaccess.adapters.db.repositories import (
     SqlAudit,
@@ -26,7 +29,36 @@ from jitaccess.adapters.db.repositories import (
 from jitaccess.domain.errors import AuditWriteFailed, Unavailable
 
 NOTIFY_CHANNEL = "jitaccess_due"
+# Identifies this process in its notifications, so its own listener can skip them: the
+# in-process wake-up has already been rung.
+PROCESS_TOKEN = uuid.uuid4().hex[:12]
+
+
+def notify_payload(due: datetime | None) -> str:
+    return f"{PROCESS_TOKEN}|{due.isoformat() if due else ''}"
+
+
+def parse_payload(payload: str) -> tuple[str, datetime | None]:
+    token, _, due = payload.partition("|")
+    try:
+        return token, datetime.fromisoformat(due) if due else None
+    except ValueError:
+        return token, None
+
+
 log = logging.getLogger("jitaccess.db")
+
+
+def libpq_dsn_to_url(dsn: str) -> str:
+    """A libpq `key=value` DSN (as psql and psycopg print them) as a postgresql:// URL."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return dsn
+    parts = conninfo_to_dict(dsn)
+    auth = quote(str(parts.get("user", "postgres")), safe="")
+    if parts.get("password"):
+        auth += ":" + quote(str(parts["password"]), safe="")
+    host, port = parts.get("host", "127.0.0.1"), parts.get("port", 5432)
+    return f"postgresql://{auth}@{host}:{port}/{parts.get('dbname', 'postgres')}"
 
 
 def normalise_url(url: str) -> str:
@@ -40,10 +72,13 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
+        # Pooled: opening a SQLite connection (and closing the last one on a WAL file) costs
+        # milliseconds, several times the work of a typical unit of work.
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
-            poolclass=NullPool if ":memory:" not in url else None,
+            pool_size=pool_size,
+            max_overflow=pool_size,
         )
 
         @event.listens_for(engine, "connect")
@@ -63,20 +98,25 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
-    )
+    # No pre-ping: it costs a round trip per unit of work. A connection found dead raises once
+    # (503 / a worker retry) and SQLAlchemy then invalidates the whole pool.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 class SqlUnitOfWork:
     def __init__(
-        self, engine: Engine, *, on_wake: Callable[[], None] | None, readonly: bool = False
+        self,
+        engine: Engine,
+        *,
+        on_wake: Callable[[datetime | None], None] | None,
+        readonly: bool = False,
     ) -> None:
         self.engine = engine
         self.on_wake = on_wake
         self.readonly = readonly
         self.is_postgres = engine.dialect.name == "postgresql"
         self._wake = False
+        self._wake_due: datetime | None = None
 
     def __enter__(self) -> SqlUnitOfWork:
         try:
@@ -116,23 +156,32 @@ class SqlUnitOfWork:
             ) from error
         if self._wake and self.is_postgres:
             # NOTIFY is transactional: workers hear it only if this commit succeeds.
-            self.conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+            self.conn.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": NOTIFY_CHANNEL, "payload": notify_payload(self._wake_due)},
+            )
         self.conn.commit()
         if self._wake and self.on_wake is not None:
-            self.on_wake()
-        self._wake = False
+            self.on_wake(self._wake_due)
+        self._wake, self._wake_due = False, None
 
     def rollback(self) -> None:
         self.audit.pending.clear()
-        self._wake = False
+        self._wake, self._wake_due = False, None
         self.conn.rollback()
 
-    def wake_worker(self) -> None:
-        self._wake = True
+    def wake_worker(self, due: datetime | None = None) -> None:
+        # The earliest wins; "now" (None) beats any time.
+        if not self._wake:
+            self._wake, self._wake_due = True, due
+        elif self._wake_due is not None:
+            self._wake_due = None if due is None else min(self._wake_due, due)
 
 
 class SqlUnitOfWorkFactory:
-    def __init__(self, engine: Engine, on_wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, on_wake: Callable[[datetime | None], None] | None = None
+    ) -> None:
         self.engine = engine
         self.on_wake = on_wake
 
