@@ -39,8 +39,6 @@ USERS = ("alice", "bob", "dan", "carol", "mallory", "sam")
 REQUESTERS = ("alice", "bob", "mallory", "carol")
 ROLES = ("demo/read", "demo/admin")
 
-# An index into the known requests or grants, and whether to prefer the open ones (pending
-# requests, live grants) so that decisions and early ends mostly land on something they can change.
 # The order grant states follow; a grant never moves back.
 STEP = {
     GrantState.SCHEDULED: 0,
@@ -52,6 +50,8 @@ STEP = {
     GrantState.DEACTIVATED: 4,
 }
 
+# An index into the known requests or grants, and whether to prefer the open ones (pending
+# requests, live grants) so that decisions and early ends mostly land on something they can change.
 Pick = tuple[int, bool]
 picks = st.tuples(st.integers(min_value=0, max_value=10_000), st.booleans())
 minutes = st.one_of(

@@ -36,9 +36,9 @@ def records(h: Harness, action: str, *, outcome: str = "ok") -> list[AuditRecord
     return [r for r in h.store.audit if r.entry.action == action and r.entry.outcome == outcome]
 
 
-def active_read_grant(h: Harness, who: str = "alice", **kwargs: timedelta) -> str:
+def active_read_grant(h: Harness, who: str = "alice") -> str:
     """Request demo/read (no approval), run the worker, and return the active grant's id."""
-    request = h.request(who, "demo/read", **kwargs)
+    request = h.request(who, "demo/read")
     h.work()
     (grant,) = h.grants_of(request)
     assert grant.state is GrantState.ACTIVE
@@ -301,6 +301,8 @@ def test_approval_after_the_pending_ttl_is_refused_even_before_the_worker_ran() 
     h.clock.advance(timedelta(hours=25))
     with pytest.raises(Conflict):
         h.decide("carol", request.id)
+    assert h.store.requests[request.id].state is RequestState.EXPIRED
+    assert h.store.requests[request.id].approvals == []
     assert h.store.grants == {}
 
 
@@ -403,6 +405,22 @@ def test_extension_is_applied_at_once_when_the_role_does_not_require_approval_on
     assert h.grant(grant_id).ends_at == old_end + timedelta(hours=1)
 
 
+def test_approving_the_extension_of_a_grant_that_ended_meanwhile_is_refused_and_audited() -> None:
+    h = Harness()
+    grant_id = approved_admin_grant(h)
+    extension = h.extend("alice", grant_id, timedelta(hours=1))
+    assert extension.request is not None
+    h.end("alice", grant_id, EndReason.DEACTIVATED)
+    h.work()
+    ended = h.grant(grant_id)
+    with pytest.raises(Conflict):
+        h.decide("bob", extension.request.id)
+    assert h.grant(grant_id) == ended
+    refused = records(h, "request.approve", outcome="refused")
+    assert [(r.entry.actor, r.entry.subject) for r in refused] == [("bob", extension.request.id)]
+    assert verify(h.store.audit).ok
+
+
 def test_extending_an_ended_grant_is_refused() -> None:
     h = Harness()
     grant_id = active_read_grant(h)
@@ -468,7 +486,7 @@ def test_admin_revoke_without_a_reason_is_refused() -> None:
     grant_id = active_read_grant(h)
     with pytest.raises(InvalidInput) as refused:
         h.end("sam", grant_id, EndReason.REVOKED, comment="  ")
-    assert refused.value.field == "comment"
+    assert refused.value.field == "reason"
     assert h.grant(grant_id).state is GrantState.ACTIVE
 
 
@@ -500,6 +518,31 @@ def test_grant_expires_at_its_end_and_not_before() -> None:
     assert not fake(h).has("alice", "demo/read")
     (expired,) = records(h, "grant.expired")
     assert expired.entry.subject == grant_id
+
+
+def test_grant_whose_end_passed_before_the_worker_ran_is_never_provisioned() -> None:
+    h = Harness()
+    request = h.request("alice", "demo/read", duration=timedelta(minutes=5))
+    (grant,) = h.grants_of(request)
+    h.clock.advance(timedelta(minutes=6))  # the worker was down the whole time
+    h.work()
+    assert ("provision", grant.id) not in fake(h).calls
+    assert not fake(h).has("alice", "demo/read")
+    with h.uow() as uow:
+        check = check_access(uow, h.clock, principal="alice", role="demo/read")
+    assert not check.active
+
+
+def test_scheduled_grant_whose_window_passed_is_never_provisioned() -> None:
+    h = Harness()
+    request = h.request("alice", "demo/read", start_in=timedelta(hours=1))
+    (grant,) = h.grants_of(request)
+    h.clock.advance(timedelta(hours=3))
+    h.work()
+    assert ("provision", grant.id) not in fake(h).calls
+    assert not fake(h).has("alice", "demo/read")
+    h.work()
+    assert h.grant(grant.id).state is GrantState.EXPIRED
 
 
 def test_overlapping_grants_of_the_same_access_are_counted() -> None:

@@ -55,7 +55,8 @@ def outcome(text: str) -> Policy | None:
         assert all(p.line >= 1 and p.file == "fuzz.yaml" for p in exc.problems)
         return None
     # Whatever loads must survive the trip through its canonical document.
-    assert load_policy_text(json.dumps(policy_to_document(policy))) == policy
+    # as storage does it: JSON without ASCII escapes (YAML reads \\u surrogate pairs apart)
+    assert load_policy_text(json.dumps(policy_to_document(policy), ensure_ascii=False)) == policy
     policy_digest(policy)
     return policy
 

@@ -336,3 +336,20 @@ def test_missing_file_is_a_problem(tmp_path: Path) -> None:
     [problem] = caught.value.problems
     assert problem.file == str(tmp_path / "nope.yaml")
     assert problem.reason.startswith("cannot read the file")
+
+
+def test_lone_surrogate_escapes_are_refused_with_their_line() -> None:
+    text = 'users:\n  alice: {email: "a\\ud800@example.com"}\n'
+    with pytest.raises(PolicyInvalid) as refused:
+        load_policy_text(text, "p.yaml")
+    (problem,) = refused.value.problems
+    assert (problem.file, problem.line, problem.key) == ("p.yaml", 2, "(document)")
+    assert "U+D800" in problem.reason
+
+
+def test_control_characters_and_line_separators_are_refused() -> None:
+    for escape in ("\\x85", "\\u2028", "\\x7f", "\\x01"):
+        text = f'users:\n  alice: {{email: "a{escape}@example.com"}}\n'
+        with pytest.raises(PolicyInvalid) as refused:
+            load_policy_text(text, "p.yaml")
+        assert refused.value.problems[0].line == 2, escape

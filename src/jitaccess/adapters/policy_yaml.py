@@ -84,8 +84,48 @@ def _walk(text: str, filename: str) -> FileDraft:
             PolicyProblem(filename, 1, "(document)", "the document is nested too deeply")
         )
         return walk.draft
+    broken = _first_unstorable_scalar(root)
+    if broken is not None:
+        node, char = broken
+        walk.draft.problems.append(
+            PolicyProblem(
+                filename,
+                node.start_mark.line + 1,
+                "(document)",
+                f"text holds U+{ord(char):04X}, a control character, line separator or lone "
+                "surrogate; policy text may not contain these",
+            )
+        )
+        return walk.draft
     walk.document(root)
     return walk.draft
+
+
+def _unstorable(char: str) -> bool:
+    """Characters a stored policy cannot carry back intact: controls (YAML reads U+0085,
+    U+2028 and U+2029 as line breaks), lone surrogates (not UTF-8), non-characters."""
+    code = ord(char)
+    return (
+        (code < 0x20 and char not in "\t\n\r")
+        or 0x7F <= code <= 0x9F
+        or 0xD800 <= code <= 0xDFFF
+        or code in (0x2028, 0x2029, 0xFFFE, 0xFFFF)
+    )
+
+
+def _first_unstorable_scalar(root: Node | None) -> tuple[Node, str] | None:
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            bad = next((char for char in node.value if _unstorable(char)), None)
+            if bad is not None:
+                return node, bad
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(item for pair in node.value for item in pair)
+    return None
 
 
 class _Merged:

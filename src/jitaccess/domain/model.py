@@ -266,5 +266,6 @@ def retry_delay(
 
     The caller supplies `jitter` (random in production, fixed in tests) so the domain stays pure.
     """
-    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    # The exponent is capped so thousands of failed attempts cannot overflow the float.
+    delay = min(cap, base * (2 ** min(max(0, attempt - 1), 64)))
     return timedelta(seconds=delay * (0.5 + jitter / 2))

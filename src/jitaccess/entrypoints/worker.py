@@ -78,6 +78,11 @@ class Worker:
                 )
                 self.container.wake.wait(delay)
                 continue
+            except Exception:
+                # Never let one bad pass stop every expiry: log it, back off, go on.
+                log.exception("worker pass failed; retrying in 1s")
+                self.container.wake.wait(1.0)
+                continue
             if report.full:
                 continue  # a whole batch: more is waiting right behind it
             idle = self.seconds_until_due()

@@ -64,7 +64,11 @@ def decide_request(
     elif decision is Decision.APPROVE and approvals.is_fully_approved(policy.policy, request):
         request.approve(now)
         audit(uow, now, approver, "request.approved", request.id, comment=comment)
-        issue_grants(uow, connectors, policy.policy, request, now)
+        try:
+            issue_grants(uow, connectors, policy.policy, request, now)
+        except JitAccessError as error:
+            # e.g. the grant an extension was for has ended meanwhile
+            raise refuse(uow, now, approver, action, request.id, error) from None
     uow.requests.save(request)
     uow.commit()
     return request

@@ -87,6 +87,14 @@ def extend_grant(
         uow.commit()
         return Extension(grant, request)
     request.approve(now)
+    audit(
+        uow,
+        now,
+        "system",
+        "request.approved",
+        request.id,
+        data={"rule": "extension needs no approval"},
+    )
     uow.requests.add(request)
     extended = extend_existing(uow, connectors, policy, request, now)
     uow.requests.save(request)

@@ -99,10 +99,12 @@ class _Pass:
                 self.report.expired_requests += 1
             current = uow.policies.current()
             for grant in uow.grants.due(now, self.options.batch):
-                if grant.state is GrantState.SCHEDULED:
-                    grant.start_activating(now)
-                elif grant.state is GrantState.ACTIVE:
+                if grant.state is not GrantState.REVOKING and grant.ends_at <= now:
+                    # Past its end (the worker was down, or the target failed until now):
+                    # never provision it; make sure nothing of it is left instead.
                     grant.begin_end(EndReason.EXPIRED, now, actor="system")
+                elif grant.state is GrantState.SCHEDULED:
+                    grant.start_activating(now)
                 # Claim: push the due time one lease ahead; if this worker dies, it comes back.
                 grant.next_attempt_at = now + self.options.lease
                 uow.grants.save(grant)

@@ -401,7 +401,9 @@ class SqlPolicies:
         document: Mapping[str, Any] = row.document
         loaded = PolicyVersion(
             version=row.version,
-            policy=load_policy_text(json.dumps(document), f"policy v{row.version}"),
+            policy=load_policy_text(
+                json.dumps(document, ensure_ascii=False), f"policy v{row.version}"
+            ),
             document=document,
             digest=row.digest,
             applied_at=row.applied_at,
