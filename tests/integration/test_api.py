@@ -22,6 +22,7 @@ from jitaccess.entrypoints.api import create_app
 from jitaccess.services.manage_tokens import create_token
 from jitaccess.services.run_due_work import WorkerOptions, WorkReport, run_due_work
 from jitaccess.settings import Settings
+from support.databases import database_url
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for `httpx2` behind its TestClient; the project ships plain httpx,
@@ -134,9 +135,15 @@ def make_container(tmp_path: Path, database_url: str | None = None) -> Container
     return build(settings, clock=FakeClock())
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    container = make_container(tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """Every API test runs on both stores: SQLite in tmp_path, a scratch PostgreSQL database."""
+    with database_url(request.param, tmp_path) as url:
+        yield from _api_on(tmp_path, url)
+
+
+def _api_on(tmp_path: Path, url: str) -> Iterator[Api]:
+    container = make_container(tmp_path, url)
     upgrade(container)
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(POLICY, encoding="utf-8")
