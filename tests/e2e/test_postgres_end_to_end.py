@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from jitaccess.adapters.connectors.postgres import login_role_name
 from support.postgres import private_cluster, role_exists
@@ -143,6 +144,14 @@ def test_request_approve_login_and_session_ends_with_the_grant(
         verify = cli(env, "audit", "verify", token=bob, url=server.url, check=False)
         assert verify.returncode == 3  # bob is not an auditor
         assert cli(env, "audit", "verify", "--db").returncode == 0
+        # Secrets never reach the log or the audit trail: not the grant's password, not the
+        # target's admin password, not the API tokens.
+        trail = cli(env, "audit", "export", "--format", "jsonl", "--db").stdout
+        log = (tmp_path / "server.log").read_text()
+        admin_password = str(conninfo_to_dict(target.admin_dsn)["password"])
+        for secret in (creds["password"], admin_password, alice, bob):
+            assert secret not in trail and secret not in log
+        assert "grant.credentials_fetched" in trail
 
 
 def test_grants_due_while_the_server_was_killed_are_revoked_after_restart(

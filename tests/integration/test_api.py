@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from starlette.exceptions import StarletteDeprecationWarning
 
+from jitaccess.adapters.connectors.fake import FakeConnector
 from jitaccess.bootstrap import Container, apply_policy_files, build, upgrade
 from jitaccess.clock import FakeClock
 from jitaccess.entrypoints.api import create_app
@@ -815,3 +816,25 @@ def test_the_first_policy_cannot_be_applied_through_the_api(tmp_path: Path) -> N
     with container.uow.readonly() as uow:
         assert uow.policies.current() is None
     container.close()
+
+
+def test_a_grant_whose_target_keeps_failing_is_flagged_and_then_recovers(api: Api) -> None:
+    grant_id = active_read_grant(api)
+    target = api.container.current_policy().targets["demo"]
+    fake = api.container.connectors.for_target(target)
+    assert isinstance(fake, FakeConnector)
+    fake.failing = True
+    api.clock.advance(timedelta(minutes=31))  # past the end: the revoke starts failing
+    for _ in range(12):
+        api.work()
+        api.clock.advance(timedelta(minutes=1))
+    flagged = api.grant("alice", grant_id)
+    assert flagged["state"] == "revoking"  # never "ended" while the access may remain
+    assert flagged["flagged"] is True and "fake target is down" in flagged["last_error"]
+    assert [r["action"] for r in api.audit()].count("grant.flagged") == 1
+    fake.failing = False
+    api.clock.advance(timedelta(minutes=2))
+    api.work()
+    recovered = api.grant("alice", grant_id)
+    assert recovered["state"] == "expired" and recovered["flagged"] is False
+    assert not fake.has("alice", "demo/read")
