@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, TypeVar
@@ -229,10 +230,8 @@ class NodeReader:
 
     def day(self, node: Node, path: str) -> date | None:
         if isinstance(node, ScalarNode) and node.tag in (STR, TIMESTAMP):
-            try:
+            with suppress(ValueError):
                 return date.fromisoformat(node.value)
-            except ValueError:
-                pass
         self.problem(node, path, f"expected a date like 2027-06-30, got {describe(node)}")
         return None
 

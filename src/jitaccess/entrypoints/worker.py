@@ -8,9 +8,11 @@ A long safety sleep (JITACCESS_WORKER_MAX_SLEEP_SECONDS) only guards against a l
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from datetime import timedelta
 
 import psycopg
@@ -138,11 +140,13 @@ class Worker:
 def run_worker(container: Container) -> None:
     """`jitaccess worker`: the loop alone, in the foreground, until interrupted."""
     worker = Worker(container)
+    # SIGTERM (what process managers send) stops as gently as Ctrl-C: the pass in flight
+    # finishes; anything claimed but not done comes back when its lease runs out.
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     worker.start()
     try:
-        while not worker.stop.is_set():
-            worker.stop.wait(1.0)
-    except KeyboardInterrupt:
-        pass
+        with suppress(KeyboardInterrupt):
+            while not worker.stop.is_set():
+                worker.stop.wait(1.0)
     finally:
         worker.shutdown()
