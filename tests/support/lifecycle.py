@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from jitaccess.adapters.connectors.fake import FakeConnectors
+from jitaccess.adapters.connectors.fake import FakeConnector, FakeConnectors
 from jitaccess.adapters.memory import MemoryStore, MemoryUnitOfWorkFactory
 from jitaccess.clock import FakeClock
-from jitaccess.domain.model import Decision, EndReason, Grant, Request
+from jitaccess.domain.model import Decision, EndReason, Grant, GrantState, Request
 from jitaccess.domain.policy import (
     ApprovalPolicy,
     DurationPolicy,
@@ -23,7 +23,7 @@ from jitaccess.domain.policy import (
     Target,
     User,
 )
-from jitaccess.ports import PolicyVersion
+from jitaccess.ports import AuditRecord, PolicyVersion
 from jitaccess.services.cancel_request import cancel_request
 from jitaccess.services.decide_request import decide_request
 from jitaccess.services.end_grant import end_grant
@@ -182,3 +182,20 @@ class Harness:
 
     def audit_actions(self) -> list[str]:
         return [r.entry.action for r in self.store.audit]
+
+
+def fake(h: Harness) -> FakeConnector:
+    return h.connectors.for_target(h.policy.targets["demo"])
+
+
+def records(h: Harness, action: str, *, outcome: str = "ok") -> list[AuditRecord]:
+    return [r for r in h.store.audit if r.entry.action == action and r.entry.outcome == outcome]
+
+
+def active_read_grant(h: Harness, who: str = "alice") -> str:
+    """Request demo/read (no approval), run the worker, and return the active grant's id."""
+    request = h.request(who, "demo/read")
+    h.work()
+    (grant,) = h.grants_of(request)
+    assert grant.state is GrantState.ACTIVE
+    return grant.id

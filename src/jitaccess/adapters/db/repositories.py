@@ -1,25 +1,15 @@
-"""Repositories over SQLAlchemy Core: domain objects in, domain objects out."""
+"""Repositories over SQLAlchemy Core: domain objects in, domain objects out. Requests and grants
+here; the audit trail, policy versions and API tokens each have their own module."""
 
 from __future__ import annotations
 
 import builtins
-import json
-import threading
-from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, func, select, update
 
-from jitaccess.adapters.db.tables import (
-    api_tokens,
-    audit_head,
-    audit_log,
-    grants,
-    policy_versions,
-    requests,
-)
-from jitaccess.audit.chain import GENESIS, seal
+from jitaccess.adapters.db.tables import grants, requests
 from jitaccess.domain.model import (
     HOLDING_GRANT_STATES,
     LIVE_GRANT_STATES,
@@ -32,7 +22,6 @@ from jitaccess.domain.model import (
     RequestState,
     StageMark,
 )
-from jitaccess.ports import ApiToken, AuditEntry, AuditRecord, PolicyVersion
 
 
 def _iso(value: datetime) -> str:
@@ -289,189 +278,3 @@ class SqlGrants:
             select(grants.c.credentials_fetched_at).where(grants.c.id == grant_id)
         ).scalar()
         return fetched is not None
-
-
-# --- audit ------------------------------------------------------------------------------------
-
-
-def _record_from(row: Row[Any]) -> AuditRecord:
-    m = row._mapping
-    entry = AuditEntry(
-        actor=m["actor"],
-        action=m["action"],
-        subject=m["subject"],
-        at=m["at"],
-        outcome=m["outcome"],
-        justification=m["justification"],
-        ticket=m["ticket"],
-        comment=m["comment"],
-        data=m["data"],
-    )
-    return AuditRecord(seq=m["seq"], entry=entry, prev_hash=m["prev_hash"], hash=m["hash"])
-
-
-class SqlAudit:
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.pending: list[AuditEntry] = []
-
-    def append(self, entry: AuditEntry) -> None:
-        self.pending.append(entry)
-
-    def flush(self) -> None:
-        """Chain the buffered entries onto the head, under the head row's lock."""
-        if not self.pending:
-            return
-        head = self.conn.execute(
-            select(audit_head.c.seq, audit_head.c.hash)
-            .where(audit_head.c.id == 1)
-            .with_for_update()
-        ).first()
-        if head is None:
-            self.conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS))
-        seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS)
-        rows = []
-        for entry in self.pending:
-            record = seal(seq, prev_hash, entry)
-            rows.append(
-                {
-                    "seq": record.seq,
-                    "at": entry.at,
-                    "actor": entry.actor,
-                    "action": entry.action,
-                    "subject": entry.subject,
-                    "outcome": entry.outcome,
-                    "justification": entry.justification,
-                    "ticket": entry.ticket,
-                    "comment": entry.comment,
-                    "data": json.loads(json.dumps(dict(entry.data), default=str)),
-                    "prev_hash": record.prev_hash,
-                    "hash": record.hash,
-                }
-            )
-            seq, prev_hash = record.seq, record.hash
-        self.conn.execute(audit_log.insert(), rows)
-        self.conn.execute(
-            update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev_hash)
-        )
-        self.pending.clear()
-
-    def records(self, *, after: int = 0, limit: int = 1000) -> builtins.list[AuditRecord]:
-        query = (
-            select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(limit)
-        )
-        return [_record_from(r) for r in self.conn.execute(query)]
-
-    def last(self, limit: int) -> builtins.list[AuditRecord]:
-        query = select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
-        return list(reversed([_record_from(r) for r in self.conn.execute(query)]))
-
-    def iterate(self, batch: int = 5000) -> Iterator[AuditRecord]:
-        after = 0
-        while True:
-            page = self.records(after=after, limit=batch)
-            yield from page
-            if len(page) < batch:
-                return
-            after = page[-1].seq
-
-
-# --- policy -----------------------------------------------------------------------------------
-
-_policy_cache: dict[tuple[int, str], PolicyVersion] = {}
-_policy_cache_lock = threading.Lock()
-
-
-class SqlPolicies:
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def _load(self, version: int, digest: str) -> PolicyVersion:
-        """A version parsed once per process: rows are immutable, keyed by (version, digest)."""
-        from jitaccess.adapters.policy_yaml import load_policy_text
-
-        key = (version, digest)
-        with _policy_cache_lock:
-            cached = _policy_cache.get(key)
-        if cached is not None:
-            return cached
-        row = self.conn.execute(
-            select(policy_versions).where(policy_versions.c.version == version)
-        ).one()
-        document: Mapping[str, Any] = row.document
-        loaded = PolicyVersion(
-            version=row.version,
-            policy=load_policy_text(
-                json.dumps(document, ensure_ascii=False), f"policy v{row.version}"
-            ),
-            document=document,
-            digest=row.digest,
-            applied_at=row.applied_at,
-            applied_by=row.applied_by,
-        )
-        with _policy_cache_lock:
-            _policy_cache[key] = loaded
-        return loaded
-
-    def current(self) -> PolicyVersion | None:
-        row = self.conn.execute(
-            select(policy_versions.c.version, policy_versions.c.digest)
-            .order_by(policy_versions.c.version.desc())
-            .limit(1)
-        ).first()
-        return self._load(row.version, row.digest) if row else None
-
-    def get(self, version: int) -> PolicyVersion | None:
-        row = self.conn.execute(
-            select(policy_versions.c.version, policy_versions.c.digest).where(
-                policy_versions.c.version == version
-            )
-        ).first()
-        return self._load(row.version, row.digest) if row else None
-
-    def add(self, version: PolicyVersion) -> None:
-        self.conn.execute(
-            policy_versions.insert().values(
-                version=version.version,
-                digest=version.digest,
-                document=dict(version.document),
-                applied_at=version.applied_at,
-                applied_by=version.applied_by,
-            )
-        )
-
-
-# --- tokens -----------------------------------------------------------------------------------
-
-
-def _token_from(row: Row[Any]) -> ApiToken:
-    return ApiToken(**dict(row._mapping))
-
-
-class SqlTokens:
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def add(self, token: ApiToken) -> None:
-        self.conn.execute(api_tokens.insert().values(**token.__dict__))
-
-    def find(self, token_hash: str) -> ApiToken | None:
-        row = self.conn.execute(
-            select(api_tokens).where(api_tokens.c.token_hash == token_hash)
-        ).first()
-        return _token_from(row) if row else None
-
-    def get(self, token_id: str) -> ApiToken | None:
-        row = self.conn.execute(select(api_tokens).where(api_tokens.c.id == token_id)).first()
-        return _token_from(row) if row else None
-
-    def save(self, token: ApiToken) -> None:
-        values = dict(token.__dict__)
-        del values["id"]
-        self.conn.execute(update(api_tokens).where(api_tokens.c.id == token.id).values(**values))
-
-    def list(self, principal: str | None = None) -> builtins.list[ApiToken]:
-        query = select(api_tokens).order_by(api_tokens.c.created_at)
-        if principal is not None:
-            query = query.where(api_tokens.c.principal == principal)
-        return [_token_from(r) for r in self.conn.execute(query)]

@@ -19,13 +19,10 @@ from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from jitaccess.adapters.db.repositories import (
-    SqlAudit,
-    SqlGrants,
-    SqlPolicies,
-    SqlRequests,
-    SqlTokens,
-)
+from jitaccess.adapters.db.audit_repository import SqlAudit
+from jitaccess.adapters.db.policy_repository import SqlPolicies
+from jitaccess.adapters.db.repositories import SqlGrants, SqlRequests
+from jitaccess.adapters.db.token_repository import SqlTokens
 from jitaccess.domain.errors import AuditWriteFailed, Unavailable
 
 NOTIFY_CHANNEL = "jitaccess_due"

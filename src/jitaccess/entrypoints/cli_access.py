@@ -1,0 +1,164 @@
+"""The commands for requests and grants (request, approve, deny, cancel, requests, grants, extend,
+deactivate, revoke, credentials, check): each is one call to the server's API."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from jitaccess.entrypoints import cli_output as show
+from jitaccess.entrypoints.cli_app import CommentOpt, JsonOpt, app
+from jitaccess.entrypoints.cli_client import EXIT_REFUSED, Client
+
+# --- requests and grants (through the API) -----------------------------------------------------
+
+
+@app.command("request")
+def request_cmd(
+    roles: list[str],
+    duration: Annotated[
+        str | None, typer.Option("--for", help="How long, e.g. 30m, 4h, PT1H.")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Justification.")] = "",
+    ticket: Annotated[str | None, typer.Option(help="Ticket reference.")] = None,
+    start_at: Annotated[str | None, typer.Option(help="Scheduled start, ISO 8601 UTC.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would need.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask for one or more roles."""
+    body = {
+        "roles": roles,
+        "duration": duration,
+        "justification": reason,
+        "ticket": ticket,
+        "start_at": start_at,
+    }
+    result = Client().call("POST", "/requests", json=body, params={"dry_run": str(dry_run).lower()})
+    if as_json:
+        show.emit_json(result)
+    elif dry_run:
+        show.out.print(f"would ask for {', '.join(result['roles'])} for {result['duration']}")
+        if not result["needs_approval"]:
+            show.out.print("no approval needed: it would activate at once")
+        for stage in result["stages"]:
+            show.out.print(
+                f"  {stage['role']}: stage {stage['stage']} needs "
+                f"{stage['min_approvals']} of {', '.join(stage['approvers'])}"
+            )
+    else:
+        show.show_requests([result])
+
+
+def _decide(action: str, request_id: str, comment: str, as_json: bool) -> None:
+    result = Client().call("POST", f"/requests/{request_id}/{action}", json={"comment": comment})
+    show.emit_json(result) if as_json else show.show_requests([result])
+
+
+@app.command()
+def approve(request_id: str, comment: CommentOpt = "", as_json: JsonOpt = False) -> None:
+    """Approve a pending request."""
+    _decide("approve", request_id, comment, as_json)
+
+
+@app.command()
+def deny(request_id: str, comment: CommentOpt = "", as_json: JsonOpt = False) -> None:
+    """Deny a pending request."""
+    _decide("deny", request_id, comment, as_json)
+
+
+@app.command()
+def cancel(request_id: str, comment: CommentOpt = "", as_json: JsonOpt = False) -> None:
+    """Cancel your own pending request."""
+    _decide("cancel", request_id, comment, as_json)
+
+
+@app.command()
+def requests(
+    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    to_approve: Annotated[bool, typer.Option("--to-approve", help="Ones you can decide.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List requests you may see."""
+    params: dict[str, Any] = {"to_approve": str(to_approve).lower()}
+    if state:
+        params["state"] = state
+    items = Client().call("GET", "/requests", params=params)["items"]
+    show.emit_json(items) if as_json else show.show_requests(items)
+
+
+@app.command()
+def grants(
+    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List grants you may see (flagged ones are marked)."""
+    items = Client().call("GET", "/grants", params={"state": state} if state else {})["items"]
+    show.emit_json(items) if as_json else show.show_grants(items)
+
+
+@app.command()
+def extend(
+    grant_id: str,
+    duration: Annotated[str, typer.Option("--for", help="How much longer, e.g. 30m.")],
+    reason: Annotated[str, typer.Option("--reason", "-r")] = "",
+    ticket: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Extend a live grant (within the role's max; may need approval)."""
+    body = {"duration": duration, "justification": reason, "ticket": ticket}
+    result = Client().call("POST", f"/grants/{grant_id}/extend", json=body)
+    if as_json:
+        show.emit_json(result)
+    elif result["pending_approval"]:
+        show.out.print(f"extension request {result['request']['id']} awaits approval")
+    else:
+        show.show_grants([result["grant"]])
+
+
+@app.command()
+def deactivate(grant_id: str, comment: CommentOpt = "", as_json: JsonOpt = False) -> None:
+    """End your own grant now."""
+    result = Client().call("POST", f"/grants/{grant_id}/deactivate", json={"comment": comment})
+    show.emit_json(result) if as_json else show.show_grants([result])
+
+
+@app.command()
+def revoke(
+    grant_id: str,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why (required).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke anyone's grant (admins)."""
+    result = Client().call("POST", f"/grants/{grant_id}/revoke", json={"reason": reason})
+    show.emit_json(result) if as_json else show.show_grants([result])
+
+
+@app.command()
+def credentials(grant_id: str, as_json: JsonOpt = False) -> None:
+    """Fetch a grant's credentials; they are handed out once."""
+    result = Client().call("GET", f"/grants/{grant_id}/credentials")
+    if as_json:
+        show.emit_json(result)
+        return
+    for key, value in result.items():
+        print(f"{key}: {value}")
+
+
+@app.command()
+def check(
+    role: Annotated[str, typer.Option(help="Role name.")],
+    principal: Annotated[str | None, typer.Option(help="Defaults to you.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is this access active now, and until when? Exit 0 if active, 3 if not."""
+    params = {"role": role, **({"principal": principal} if principal else {})}
+    result = Client().call("GET", "/check", params=params)
+    if as_json:
+        show.emit_json(result)
+    else:
+        verdict = f"active until {show.when(result['until'])}" if result["active"] else "not active"
+        show.out.print(f"{result['principal']} / {result['role']}: {verdict}")
+    if not result["active"]:
+        sys.exit(EXIT_REFUSED)
