@@ -22,10 +22,11 @@ def format_time(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical(seq: int, entry: AuditEntry) -> bytes:
-    body: dict[str, Any] = {
+def record_fields(seq: int, entry: AuditEntry) -> dict[str, Any]:
+    """What a record consists of, as stored, hashed and exported (time left to the caller)."""
+    return {
         "seq": seq,
-        "at": format_time(entry.at),
+        "at": entry.at,
         "actor": entry.actor,
         "action": entry.action,
         "subject": entry.subject,
@@ -33,8 +34,13 @@ def canonical(seq: int, entry: AuditEntry) -> bytes:
         "justification": entry.justification,
         "ticket": entry.ticket,
         "comment": entry.comment,
-        "data": dict(entry.data),
+        # Through JSON once, so what is stored is exactly what was hashed.
+        "data": json.loads(json.dumps(dict(entry.data), default=str)),
     }
+
+
+def canonical(seq: int, entry: AuditEntry) -> bytes:
+    body = record_fields(seq, entry) | {"at": format_time(entry.at)}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
@@ -94,18 +100,8 @@ def verify(records: Iterable[AuditRecord]) -> Verification:
 
 
 def record_to_dict(record: AuditRecord) -> dict[str, Any]:
-    entry = record.entry
-    return {
-        "seq": record.seq,
-        "at": format_time(entry.at),
-        "actor": entry.actor,
-        "action": entry.action,
-        "subject": entry.subject,
-        "outcome": entry.outcome,
-        "justification": entry.justification,
-        "ticket": entry.ticket,
-        "comment": entry.comment,
-        "data": dict(entry.data),
+    return record_fields(record.seq, record.entry) | {
+        "at": format_time(record.entry.at),
         "prev_hash": record.prev_hash,
         "hash": record.hash,
     }

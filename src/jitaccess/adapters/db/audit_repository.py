@@ -4,14 +4,13 @@ onto the head, under the head row's lock, when it commits."""
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
 
 from jitaccess.adapters.db.tables import audit_head, audit_log
-from jitaccess.audit.chain import GENESIS, seal
+from jitaccess.audit.chain import GENESIS, record_fields, seal
 from jitaccess.ports import AuditEntry, AuditRecord
 
 
@@ -55,20 +54,8 @@ class SqlAudit:
         for entry in self.pending:
             record = seal(seq, prev_hash, entry)
             rows.append(
-                {
-                    "seq": record.seq,
-                    "at": entry.at,
-                    "actor": entry.actor,
-                    "action": entry.action,
-                    "subject": entry.subject,
-                    "outcome": entry.outcome,
-                    "justification": entry.justification,
-                    "ticket": entry.ticket,
-                    "comment": entry.comment,
-                    "data": json.loads(json.dumps(dict(entry.data), default=str)),
-                    "prev_hash": record.prev_hash,
-                    "hash": record.hash,
-                }
+                record_fields(record.seq, entry)
+                | {"prev_hash": record.prev_hash, "hash": record.hash}
             )
             seq, prev_hash = record.seq, record.hash
         self.conn.execute(audit_log.insert(), rows)
