@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from jitaccess.domain.model import Grant, Request
+from jitaccess.domain.mfa import MfaEnrollment
+from jitaccess.domain.model import Grant, Request, Review
 from jitaccess.domain.policy import Policy, Target
 
 
@@ -176,6 +177,10 @@ class GrantRepository(Protocol):
 
     def live_for(self, principal: str, role: str) -> builtins.list[Grant]: ...
 
+    def count_live(self, role: str) -> int:
+        """Grants of `role` not yet ended (scheduled, activating, active, revoking)."""
+        ...
+
     def live_roles(self) -> set[tuple[str, str]]:
         """(role, target) of every grant not yet ended."""
         ...
@@ -232,6 +237,57 @@ class TokenRepository(Protocol):
     def list(self, principal: str | None = None) -> builtins.list[ApiToken]: ...
 
 
+@dataclass(frozen=True)
+class Notification:
+    """A message for one principal's inbox (written in the transaction that caused it)."""
+
+    id: str
+    recipient: str
+    kind: str  # e.g. approval-needed, escalated, break-glass, approved, denied, expired
+    subject: str  # the request, grant or review it is about
+    message: str
+    created_at: datetime
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+class MfaRepository(Protocol):
+    def get(self, principal: str, *, for_update: bool = False) -> MfaEnrollment | None: ...
+
+    def save(self, enrollment: MfaEnrollment) -> None:
+        """Insert or update."""
+        ...
+
+    def delete(self, principal: str) -> None: ...
+
+
+class ReviewRepository(Protocol):
+    def add(self, review: Review) -> None: ...
+
+    def get(self, review_id: str, *, for_update: bool = False) -> Review | None: ...
+
+    def save(self, review: Review) -> None: ...
+
+    def list(self, *, state: str | None = None, limit: int = 200) -> builtins.list[Review]: ...
+
+
+class NotificationRepository(Protocol):
+    def add(self, notification: Notification) -> None: ...
+
+    def list(
+        self, *, recipient: str, since: datetime | None = None, limit: int = 100
+    ) -> builtins.list[Notification]:
+        """Newest first."""
+        ...
+
+
+class OnCall(Protocol):
+    """Reads on-call schedule files named by policy."""
+
+    def who(self, path: str, at: datetime) -> frozenset[str] | None:
+        """User names or e-mails on call at `at`; None when the file cannot be read."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction. Leaving the block without commit() rolls back.
 
@@ -253,6 +309,19 @@ class UnitOfWork(Protocol):
 
     @property
     def tokens(self) -> TokenRepository: ...
+
+    @property
+    def mfa(self) -> MfaRepository: ...
+
+    @property
+    def reviews(self) -> ReviewRepository: ...
+
+    @property
+    def notifications(self) -> NotificationRepository: ...
+
+    def lock_role(self, role: str) -> None:
+        """Serialise writers that count a role's live grants (max_active) until commit."""
+        ...
 
     def commit(self) -> None: ...
 

@@ -23,7 +23,7 @@ from jitaccess.domain.policy import (
     Target,
     User,
 )
-from jitaccess.ports import AuditRecord, PolicyVersion
+from jitaccess.ports import AuditRecord, OnCall, PolicyVersion
 from jitaccess.services.cancel_request import cancel_request
 from jitaccess.services.decide_request import decide_request
 from jitaccess.services.end_grant import end_grant
@@ -100,6 +100,7 @@ class Harness:
     options: WorkerOptions = field(
         default_factory=lambda: WorkerOptions(jitter=lambda: 1.0, flag_after=timedelta(minutes=5))
     )
+    oncall: OnCall | None = None
 
     def __post_init__(self) -> None:
         self.uow = MemoryUnitOfWorkFactory(self.store)
@@ -119,6 +120,9 @@ class Harness:
         justification: str = "maintenance window",
         ticket: str | None = "INC-1",
         start_in: timedelta | None = None,
+        partial: bool = False,
+        break_glass: bool = False,
+        mfa_code: str | None = None,
     ) -> Request:
         with self.uow() as uow:
             result = request_access(
@@ -131,11 +135,23 @@ class Harness:
                 justification=justification,
                 ticket=ticket,
                 start_at=self.clock.now() + start_in if start_in else None,
+                partial=partial,
+                break_glass=break_glass,
+                mfa_code=mfa_code,
+                box=self.box,
+                oncall=self.oncall,
             )
         assert isinstance(result, Request)
         return result
 
-    def decide(self, who: str, request_id: str, decision: Decision = Decision.APPROVE) -> Request:
+    def decide(
+        self,
+        who: str,
+        request_id: str,
+        decision: Decision = Decision.APPROVE,
+        *,
+        mfa_code: str | None = None,
+    ) -> Request:
         with self.uow() as uow:
             return decide_request(
                 uow,
@@ -145,6 +161,8 @@ class Harness:
                 approver=who,
                 decision=decision,
                 comment="ok",
+                mfa_code=mfa_code,
+                box=self.box,
             )
 
     def cancel(self, who: str, request_id: str) -> Request:

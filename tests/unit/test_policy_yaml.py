@@ -97,7 +97,7 @@ def test_unknown_key_is_reported_with_file_and_line() -> None:
     assert one_problem(text) == (
         3,
         "users.bob.emial",
-        "unknown key 'emial' (expected one of: email, groups, kind)",
+        "unknown key 'emial' (expected one of: email, groups, kind, break_glass)",
     )
 
 

@@ -94,7 +94,7 @@ def test_role_that_requires_mfa_is_refused_without_a_verified_second_factor() ->
     h = Harness(policy=policy)
     with pytest.raises(PolicyViolation) as refused:
         h.request("alice", "demo/read")
-    assert refused.value.rule == "roles.demo/read.require.mfa"
+    assert refused.value.rule == "mfa-required"
     assert h.store.grants == {}
 
 

@@ -13,14 +13,28 @@ from datetime import datetime
 from types import TracebackType
 
 from jitaccess.audit.chain import GENESIS, seal
+from jitaccess.domain.mfa import MfaEnrollment
 from jitaccess.domain.model import (
     HOLDING_GRANT_STATES,
     LIVE_GRANT_STATES,
     Grant,
     Request,
     RequestState,
+    Review,
 )
-from jitaccess.ports import ApiToken, AuditEntry, AuditRecord, PolicyVersion
+from jitaccess.ports import ApiToken, AuditEntry, AuditRecord, Notification, PolicyVersion
+
+_TABLES = (
+    "requests",
+    "grants",
+    "credentials",
+    "audit",
+    "policies",
+    "tokens",
+    "mfa",
+    "reviews",
+    "notifications",
+)
 
 
 @dataclass
@@ -31,6 +45,9 @@ class MemoryStore:
     audit: list[AuditRecord] = field(default_factory=list)
     policies: list[PolicyVersion] = field(default_factory=list)
     tokens: dict[str, ApiToken] = field(default_factory=dict)
+    mfa: dict[str, MfaEnrollment] = field(default_factory=dict)
+    reviews: dict[str, Review] = field(default_factory=dict)
+    notifications: list[Notification] = field(default_factory=list)
     wakeups: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -122,6 +139,9 @@ class _Grants:
             ]
         )
 
+    def count_live(self, role: str) -> int:
+        return sum(1 for g in self.store.grants.values() if g.role == role and g.is_live)
+
     def live_roles(self) -> set[tuple[str, str]]:
         return {(g.role, g.target) for g in self.store.grants.values() if g.is_live}
 
@@ -205,6 +225,60 @@ class _Tokens:
         return [t for t in self.store.tokens.values() if principal in (None, t.principal)]
 
 
+class _Mfa:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def get(self, principal: str, *, for_update: bool = False) -> MfaEnrollment | None:
+        found = self.store.mfa.get(principal)
+        return copy.deepcopy(found) if found else None
+
+    def save(self, enrollment: MfaEnrollment) -> None:
+        self.store.mfa[enrollment.principal] = copy.deepcopy(enrollment)
+
+    def delete(self, principal: str) -> None:
+        self.store.mfa.pop(principal, None)
+
+
+class _Reviews:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def add(self, review: Review) -> None:
+        self.store.reviews[review.id] = copy.deepcopy(review)
+
+    def get(self, review_id: str, *, for_update: bool = False) -> Review | None:
+        found = self.store.reviews.get(review_id)
+        return copy.deepcopy(found) if found else None
+
+    def save(self, review: Review) -> None:
+        self.store.reviews[review.id] = copy.deepcopy(review)
+
+    def list(self, *, state: str | None = None, limit: int = 200) -> builtins.list[Review]:
+        rows = [r for r in self.store.reviews.values() if state is None or r.state == state]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return copy.deepcopy(rows[:limit])
+
+
+class _Notifications:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def add(self, notification: Notification) -> None:
+        self.store.notifications.append(notification)
+
+    def list(
+        self, *, recipient: str, since: datetime | None = None, limit: int = 100
+    ) -> builtins.list[Notification]:
+        rows = [
+            n
+            for n in self.store.notifications
+            if n.recipient == recipient and (since is None or n.created_at >= since)
+        ]
+        rows.sort(key=lambda n: n.created_at, reverse=True)
+        return rows[:limit]
+
+
 class MemoryUnitOfWork:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
@@ -213,6 +287,9 @@ class MemoryUnitOfWork:
         self.audit = _Audit(store)
         self.policies = _Policies(store)
         self.tokens = _Tokens(store)
+        self.mfa = _Mfa(store)
+        self.reviews = _Reviews(store)
+        self.notifications = _Notifications(store)
         self._snapshot: dict[str, object] = {}
         self._wake = False
 
@@ -233,10 +310,7 @@ class MemoryUnitOfWork:
             self.store.lock.release()
 
     def _take_snapshot(self) -> None:
-        self._snapshot = {
-            name: copy.copy(getattr(self.store, name))
-            for name in ("requests", "grants", "credentials", "audit", "policies", "tokens")
-        }
+        self._snapshot = {name: copy.copy(getattr(self.store, name)) for name in _TABLES}
         self._wake = False
 
     def commit(self) -> None:
@@ -251,11 +325,15 @@ class MemoryUnitOfWork:
         self._wake = False
 
     def _rebind(self) -> None:
-        for repo in (self.requests, self.grants, self.audit, self.policies, self.tokens):
+        repos = (self.requests, self.grants, self.audit, self.policies, self.tokens)
+        for repo in (*repos, self.mfa, self.reviews, self.notifications):
             repo.store = self.store
 
     def wake_worker(self, due: datetime | None = None) -> None:
         self._wake = True
+
+    def lock_role(self, role: str) -> None:
+        """One transaction at a time already (the store lock)."""
 
 
 class MemoryUnitOfWorkFactory:

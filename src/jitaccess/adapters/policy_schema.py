@@ -8,8 +8,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import time, timedelta
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
@@ -28,10 +30,15 @@ from jitaccess.adapters.policy_nodes import (
 )
 from jitaccess.domain.errors import PolicyProblem
 from jitaccess.domain.policy import (
+    DAY_NAMES,
+    AllowedHours,
     ApprovalPolicy,
+    AutoApproveRule,
+    BreakGlassPolicy,
     ConnectionRef,
     DurationPolicy,
     Eligibility,
+    OnCallSchedule,
     OnExtend,
     PrincipalKind,
     PrincipalRef,
@@ -58,15 +65,26 @@ ENV_VAR = Rule(re.compile(r"[A-Za-z_][A-Za-z0-9_]*"), "an environment variable n
 EMAIL = Rule(re.compile(r"[^@\s]+@[^@\s]+"), "an address like alice@example.com")
 
 # The allowed keys of each mapping, in the order the error message lists them.
-TOP_KEYS = ("version", "admins", "auditors", "users", "targets", "roles", "eligibility")
-USER_KEYS = ("email", "groups", "kind")
+TOP_KEYS: tuple[str, ...] = ("version", "admins", "auditors", "users", "targets", "roles")
+TOP_KEYS += ("eligibility", "schedules", "break_glass")
+USER_KEYS = ("email", "groups", "kind", "break_glass")
 TARGET_KEYS = ("type", "connection", "options")
-ROLE_KEYS = ("target", "grants", "duration", "require", "approval", "description")
+ROLE_KEYS: tuple[str, ...] = ("target", "grants", "duration", "require", "approval")
+ROLE_KEYS += ("description", "max_active", "break_glass")
 DURATION_KEYS = ("default", "max", "min")
-REQUIRE_KEYS = ("justification", "justification_min_length", "ticket", "mfa")
-APPROVAL_KEYS = ("stages", "pending_ttl", "on_extend")
+REQUIRE_KEYS = ("justification", "justification_min_length", "ticket", "mfa", "allowed_hours")
+HOURS_KEYS = ("days", "from", "to", "tz")
+APPROVAL_KEYS = ("stages", "pending_ttl", "on_extend", "distinct_stage_approvers", "auto_approve")
 STAGE_KEYS: tuple[str, ...] = ("name", "approvers", "min_approvals", "all_groups", "deny_threshold")
-STAGE_KEYS += ("escalate_after", "escalate_to")
+STAGE_KEYS += ("escalate_after", "escalate_to", "mfa")
+AUTO_KEYS = ("name", "on_call", "groups", "max_duration", "ticket")
+SCHEDULE_KEYS = ("file",)
+BREAK_GLASS_KEYS = ("max_duration", "justification_min_length")
+SCHEDULE_NAME = Rule(
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
+    "letters, digits, '.', '_', '-'; at most 64, starting with a letter or digit",
+)
+CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 ELIGIBILITY_KEYS = ("principals", "roles", "from", "until")
 DEFAULT_DURATION = DurationPolicy(default=timedelta(hours=1), max=timedelta(hours=8))
 
@@ -78,6 +96,7 @@ class RoleDraft:
     target_loc: Loc
     grants_node: Node | None
     stages: list[tuple[Stage, Loc]]
+    rules: list[tuple[AutoApproveRule, Loc]] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +117,8 @@ class FileDraft:
     admins: list[PrincipalRef] = field(default_factory=list)
     auditors: list[PrincipalRef] = field(default_factory=list)
     refs: list[tuple[PrincipalRef, Loc]] = field(default_factory=list)
+    schedules: dict[str, tuple[OnCallSchedule, Loc]] = field(default_factory=dict)
+    break_glass: tuple[BreakGlassPolicy, Loc] | None = None
     problems: list[PolicyProblem] = field(default_factory=list)
 
 
@@ -142,6 +163,45 @@ class FileWalk(NodeReader):
         if "eligibility" in top and not is_tag(top["eligibility"][1], NULL):
             for i, row in enumerate(self.sequence(top["eligibility"][1], "eligibility") or []):
                 self.eligibility(row, f"eligibility[{i}]")
+        if "schedules" in top:
+            for name, (key_node, value_node) in (
+                self.mapping(top["schedules"][1], "schedules", None, nullable=True) or {}
+            ).items():
+                self.schedule(name, key_node, value_node)
+        if "break_glass" in top:
+            settings = self.break_glass_settings(top["break_glass"][1], "break_glass")
+            if settings is not None:
+                self.draft.break_glass = (settings, self.loc(top["break_glass"][0], "break_glass"))
+
+    def schedule(self, name: str, key_node: Node, node: Node) -> None:
+        path = join("schedules", name)
+        self.text(key_node, path, SCHEDULE_NAME, "schedule name")
+        fields = self.mapping(node, path, SCHEDULE_KEYS) or {}
+        file = self.need(fields, "file", key_node, path, self.text)
+        if file == "":
+            self.problem(fields["file"][1], join(path, "file"), "must not be empty")
+        if not file:
+            return
+        where = Path(file)
+        if not where.is_absolute() and not self.file.startswith("<"):
+            # Relative to the policy file that names it, wherever the command runs.
+            where = Path(self.file).resolve().parent / where
+        loc = self.loc(fields["file"][1], join(path, "file"))
+        self.draft.schedules[name] = (OnCallSchedule(name, str(where)), loc)
+
+    def break_glass_settings(self, node: Node, path: str) -> BreakGlassPolicy | None:
+        fields = self.mapping(node, path, BREAK_GLASS_KEYS)
+        if fields is None:
+            return None
+        default = BreakGlassPolicy()
+        return BreakGlassPolicy(
+            max_duration=self.get(fields, "max_duration", path, self.duration)
+            or default.max_duration,
+            justification_min_length=self.get(
+                fields, "justification_min_length", path, self.positive
+            )
+            or default.justification_min_length,
+        )
 
     def user(self, name: str, key_node: Node, node: Node) -> None:
         path = join("users", name)
@@ -155,7 +215,8 @@ class FileWalk(NodeReader):
             path,
             lambda n, p: self.names(n, p, GROUP_NAME, "group", nonempty=False),
         )
-        user = User(name, kind, email, tuple(g for g, _ in groups or []))
+        break_glass = self.get(fields, "break_glass", path, self.flag) or False
+        user = User(name, kind, email, tuple(g for g, _ in groups or []), break_glass)
         self.draft.users[name] = (user, self.loc(key_node, path))
 
     def principal_kind(self, node: Node, path: str) -> PrincipalKind | None:
@@ -209,12 +270,19 @@ class FileWalk(NodeReader):
         duration = self.get(fields, "duration", path, self.durations) or DEFAULT_DURATION
         require = self.get(fields, "require", path, self.requirements) or Requirements()
         stages: list[tuple[Stage, Loc]] = []
-        approval = self.get(fields, "approval", path, lambda n, p: self.approval(n, p, stages))
+        rules: list[tuple[AutoApproveRule, Loc]] = []
+        approval = self.get(
+            fields, "approval", path, lambda n, p: self.approval(n, p, stages, rules)
+        )
         description = self.get(fields, "description", path, self.text) or ""
+        max_active = self.get(fields, "max_active", path, self.positive)
+        break_glass = self.get(fields, "break_glass", path, self.flag) or False
         # grants are read once the target's type is known, which may be in another file.
-        role = Role(name, target, (), duration, require, approval, description)
+        role = Role(
+            name, target, (), duration, require, approval, description, max_active, break_glass
+        )
         grants_node = fields["grants"][1] if "grants" in fields else None
-        draft = RoleDraft(role, self.loc(key_node, path), target_loc, grants_node, stages)
+        draft = RoleDraft(role, self.loc(key_node, path), target_loc, grants_node, stages, rules)
         self.draft.roles[name] = draft
 
     def grants(
@@ -266,7 +334,63 @@ class FileWalk(NodeReader):
             or 0,
             ticket=ticket,
             mfa=self.get(fields, "mfa", path, self.flag) or False,
+            allowed_hours=self.get(fields, "allowed_hours", path, self.allowed_hours),
         )
+
+    def allowed_hours(self, node: Node, path: str) -> AllowedHours | None:
+        fields = self.mapping(node, path, HOURS_KEYS)
+        if fields is None:
+            return None
+        for key in HOURS_KEYS:
+            self.required(fields, key, node, path)
+        days = self.get(fields, "days", path, self.days)
+        start = self.get(fields, "from", path, self.clock_time)
+        end = self.get(fields, "to", path, self.clock_time)
+        tz = self.get(fields, "tz", path, self.time_zone)
+        if start is not None and end is not None and start == end:
+            self.problem(fields["to"][1], join(path, "to"), "must differ from `from`")
+            return None
+        if days is None or start is None or end is None or tz is None:
+            return None
+        return AllowedHours(days, start, end, tz)
+
+    def days(self, node: Node, path: str) -> frozenset[int] | None:
+        """`mon-fri`, `sat,sun`, `mon-wed,fri`, or a list of those."""
+        if isinstance(node, ScalarNode):
+            parts = [p.strip() for p in (self.text(node, path) or "").split(",")]
+        else:
+            parts = [self.text(item, path) or "" for item in self.sequence(node, path) or []]
+        found: set[int] = set()
+        for part in parts:
+            low, _, high = part.lower().partition("-")
+            if low not in DAY_NAMES or (high and high not in DAY_NAMES):
+                self.problem(node, path, f"{part!r} is not a day or range like mon-fri")
+                return None
+            first, last = DAY_NAMES.index(low), DAY_NAMES.index(high or low)
+            found.update(d % 7 for d in range(first, last + 1 if last >= first else last + 8))
+        return frozenset(found) if found else None
+
+    def clock_time(self, node: Node, path: str) -> time | None:
+        value = self.text(node, path)
+        # YAML 1.1 reads an unquoted 08:00 as a sexagesimal integer: ask for quotes.
+        if value is None or not isinstance(node, ScalarNode):
+            return None
+        matched = CLOCK_TIME.fullmatch(value)
+        if matched is None:
+            self.problem(node, path, f'expected a time like "08:00" (quoted), not {value!r}')
+            return None
+        return time(int(matched.group(1)), int(matched.group(2)))
+
+    def time_zone(self, node: Node, path: str) -> str | None:
+        value = self.text(node, path)
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.problem(node, path, f"unknown time zone {value!r} (use an IANA name)")
+            return None
+        return value
 
     def ticket(self, node: Node, path: str) -> str | None:
         pattern = self.text(node, path)
@@ -282,7 +406,13 @@ class FileWalk(NodeReader):
             return None
         return pattern
 
-    def approval(self, node: Node, path: str, stages: list[tuple[Stage, Loc]]) -> ApprovalPolicy:
+    def approval(
+        self,
+        node: Node,
+        path: str,
+        stages: list[tuple[Stage, Loc]],
+        rules: list[tuple[AutoApproveRule, Loc]],
+    ) -> ApprovalPolicy:
         fields = self.mapping(node, path, APPROVAL_KEYS) or {}
         seen: set[str] = set()
         items = self.need(
@@ -294,10 +424,55 @@ class FileWalk(NodeReader):
                 stages.append(stage)
         on_extend = self.get(fields, "on_extend", path, self.on_extend) or OnExtend.REQUIRED
         pending_ttl = self.get(fields, "pending_ttl", path, self.duration)
+        distinct = self.get(fields, "distinct_stage_approvers", path, self.flag)
+        if "auto_approve" in fields:
+            where = join(path, "auto_approve")
+            names: set[str] = set()
+            for i, item in enumerate(self.sequence(fields["auto_approve"][1], where) or []):
+                rule = self.auto_rule(item, f"{where}[{i}]", names)
+                if rule is not None:
+                    rules.append((rule, self.loc(item, f"{where}[{i}]")))
         return ApprovalPolicy(
             stages=tuple(s for s, _ in stages),
             pending_ttl=pending_ttl or timedelta(hours=24),
             on_extend=on_extend,
+            distinct_stage_approvers=True if distinct is None else distinct,
+            auto_approve=tuple(r for r, _ in rules),
+        )
+
+    def auto_rule(self, node: Node, path: str, names: set[str]) -> AutoApproveRule | None:
+        fields = self.mapping(node, path, AUTO_KEYS)
+        if fields is None:
+            return None
+        conditions = [k for k in AUTO_KEYS if k != "name" and k in fields]
+        if not conditions:
+            self.problem(
+                node, path, "a rule needs at least one of on_call, groups, max_duration, ticket"
+            )
+            return None
+        name = self.get(fields, "name", path, self.text) or "+".join(conditions)
+        if name in names:
+            self.problem(node, join(path, "name"), f"rule '{name}' is named twice")
+        names.add(name)
+        groups = self.get(
+            fields, "groups", path, lambda n, p: self.names(n, p, GROUP_NAME, "group")
+        )
+        for group, loc in groups or []:
+            self.draft.refs.append((PrincipalRef("group", group), loc))
+        on_call = self.get(fields, "on_call", path, self.checked(SCHEDULE_NAME, "schedule"))
+        if on_call is not None:
+            self.draft.refs.append(
+                (
+                    PrincipalRef("schedule", on_call),
+                    self.loc(fields["on_call"][1], join(path, "on_call")),
+                )
+            )
+        return AutoApproveRule(
+            name=name,
+            on_call=on_call,
+            groups=tuple(g for g, _ in groups or []),
+            max_duration=self.get(fields, "max_duration", path, self.duration),
+            ticket=self.get(fields, "ticket", path, self.ticket),
         )
 
     def on_extend(self, node: Node, path: str) -> OnExtend | None:
@@ -330,6 +505,7 @@ class FileWalk(NodeReader):
             deny_threshold=self.get(fields, "deny_threshold", path, self.positive) or 1,
             escalate_after=escalate_after,
             escalate_to=escalate_to,
+            mfa=self.get(fields, "mfa", path, self.flag) or False,
         )
         return stage, self.loc(count_at, join(path, "min_approvals"))
 

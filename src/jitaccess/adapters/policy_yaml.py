@@ -20,7 +20,12 @@ from jitaccess.adapters.policy_schema import EligibilityDraft, FileDraft, FileWa
 from jitaccess.domain.durations import format_duration
 from jitaccess.domain.errors import PolicyInvalid, PolicyProblem
 from jitaccess.domain.policy import (
+    DAY_NAMES,
+    AllowedHours,
     ApprovalPolicy,
+    AutoApproveRule,
+    BreakGlassPolicy,
+    OnCallSchedule,
     Policy,
     PrincipalRef,
     Role,
@@ -34,9 +39,12 @@ __all__ = ["load_policy_files", "load_policy_text", "policy_digest", "policy_to_
 FILE_SEPARATOR = "# --- file: "
 
 
-def load_policy_text(text: str, filename: str = "<policy>") -> Policy:
-    """Parse and validate one YAML document; raise PolicyInvalid listing every problem."""
-    return _build([_walk(text, filename)], [])
+def load_policy_text(text: str, filename: str = "<policy>", *, check_files: bool = True) -> Policy:
+    """Parse and validate one YAML document; raise PolicyInvalid listing every problem.
+
+    `check_files=False` skips reading the schedule files it names (a stored version is loaded
+    as it was applied; a schedule file gone since only stops its rules from firing)."""
+    return _build([_walk(text, filename)], [], check_files=check_files)
 
 
 def load_policy_files(paths: Sequence[str | Path]) -> tuple[Policy, str]:
@@ -140,6 +148,8 @@ class _Merged:
         self.admins: list[PrincipalRef] = []
         self.auditors: list[PrincipalRef] = []
         self.refs: list[tuple[PrincipalRef, Loc]] = []
+        self.schedules: dict[str, tuple[OnCallSchedule, Loc]] = {}
+        self.break_glass: tuple[BreakGlassPolicy, Loc] | None = None
         for draft in drafts:
             problems.extend(draft.problems)
             for name, (user, loc) in draft.users.items():
@@ -155,6 +165,15 @@ class _Merged:
             self.admins += draft.admins
             self.auditors += draft.auditors
             self.refs += draft.refs
+            for name, (schedule, loc) in draft.schedules.items():
+                if self._first("schedule", name, loc, self.schedules.get(name)):
+                    self.schedules[name] = (schedule, loc)
+            if draft.break_glass is not None:
+                if self.break_glass is not None:
+                    where = self.break_glass[1].where()
+                    problems.append(draft.break_glass[1].problem(f"already set at {where}"))
+                else:
+                    self.break_glass = draft.break_glass
         self.members: dict[str, set[str]] = {}
         for user, _ in self.users.values():
             for group in user.groups:
@@ -175,6 +194,8 @@ class _Merged:
                 self.problems.append(loc.problem(f"unknown principal '{ref}'"))
             elif ref.kind == "group" and ref.name not in self.members:
                 self.problems.append(loc.problem(f"unknown group '{ref.name}' (no user has it)"))
+            elif ref.kind == "schedule" and ref.name not in self.schedules:
+                self.problems.append(loc.problem(f"unknown schedule '{ref.name}'"))
         for draft in self.roles.values():
             self._check_role(draft)
         for row in self.eligibility:
@@ -225,11 +246,26 @@ class _Merged:
             eligibility=tuple(row.row for row in self.eligibility),
             admins=tuple(self.admins),
             auditors=tuple(self.auditors),
+            schedules={name: self.schedules[name][0] for name in sorted(self.schedules)},
+            break_glass=self.break_glass[0] if self.break_glass else BreakGlassPolicy(),
         )
 
+    def schedule_problems(self) -> None:
+        """Schedule files that cannot be read now (checked on validate and apply)."""
+        from jitaccess.adapters.oncall import check_schedule
 
-def _build(drafts: list[FileDraft], problems: list[PolicyProblem]) -> Policy:
+        for schedule, loc in self.schedules.values():
+            problem = check_schedule(schedule.file)
+            if problem is not None:
+                self.problems.append(loc.problem(problem))
+
+
+def _build(
+    drafts: list[FileDraft], problems: list[PolicyProblem], *, check_files: bool = True
+) -> Policy:
     merged = _Merged(drafts, problems)
+    if check_files:
+        merged.schedule_problems()
     merged.check({draft.file: i for i, draft in enumerate(drafts)})
     if merged.problems:
         raise PolicyInvalid(merged.problems)
@@ -258,6 +294,13 @@ def policy_to_document(policy: Policy) -> dict[str, Any]:
             for row in policy.eligibility
         ],
     }
+    if policy.schedules:
+        doc["schedules"] = {name: {"file": s.file} for name, s in policy.schedules.items()}
+    if policy.break_glass != BreakGlassPolicy():
+        doc["break_glass"] = {
+            "max_duration": format_duration(policy.break_glass.max_duration),
+            "justification_min_length": policy.break_glass.justification_min_length,
+        }
     result: dict[str, Any] = _sorted(doc)
     return result
 
@@ -269,7 +312,14 @@ def policy_digest(policy: Policy) -> str:
 
 
 def _user(user: User) -> dict[str, Any]:
-    return _optional({"kind": user.kind.value, "email": user.email, "groups": list(user.groups)})
+    return _optional(
+        {
+            "kind": user.kind.value,
+            "email": user.email,
+            "groups": list(user.groups),
+            "break_glass": True if user.break_glass else None,
+        }
+    )
 
 
 def _target(target: Target) -> dict[str, Any]:
@@ -299,19 +349,48 @@ def _role(role: Role) -> dict[str, Any]:
                     "justification_min_length": req.justification_min_length,
                     "ticket": req.ticket,
                     "mfa": req.mfa,
+                    "allowed_hours": _hours(req.allowed_hours) if req.allowed_hours else None,
                 }
             ),
             "approval": _approval(role.approval) if role.approval else None,
+            "max_active": role.max_active,
+            "break_glass": True if role.break_glass else None,
         }
     )
 
 
-def _approval(approval: ApprovalPolicy) -> dict[str, Any]:
+def _hours(hours: AllowedHours) -> dict[str, Any]:
     return {
+        "days": ",".join(DAY_NAMES[d] for d in sorted(hours.days)),
+        "from": f"{hours.start:%H:%M}",
+        "to": f"{hours.end:%H:%M}",
+        "tz": hours.tz,
+    }
+
+
+def _approval(approval: ApprovalPolicy) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "pending_ttl": format_duration(approval.pending_ttl),
         "on_extend": approval.on_extend.value,
         "stages": [_stage(stage) for stage in approval.stages],
     }
+    if not approval.distinct_stage_approvers:
+        doc["distinct_stage_approvers"] = False
+    if approval.auto_approve:
+        doc["auto_approve"] = [_rule(rule) for rule in approval.auto_approve]
+    return doc
+
+
+def _rule(rule: AutoApproveRule) -> dict[str, Any]:
+    return _optional(
+        {
+            "name": rule.name,
+            "on_call": rule.on_call,
+            "groups": list(rule.groups) if rule.groups else None,
+            "max_duration": format_duration(rule.max_duration) if rule.max_duration else None,
+            "ticket": rule.ticket,
+        }
+    )
 
 
 def _stage(stage: Stage) -> dict[str, Any]:
@@ -326,6 +405,7 @@ def _stage(stage: Stage) -> dict[str, Any]:
             "escalate_after": format_duration(after) if after is not None else None,
             # the loader only accepts escalate_to together with escalate_after
             "escalate_to": [str(ref) for ref in stage.escalate_to] if after is not None else None,
+            "mfa": True if stage.mfa else None,
         }
     )
 

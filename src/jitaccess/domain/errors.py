@@ -52,6 +52,12 @@ class InvalidInput(JitAccessError):
         self.field = field
 
 
+class RateLimited(JitAccessError):
+    """Too many failed attempts (e.g. wrong MFA codes); try again after the lockout."""
+
+    code = "rate-limited"
+
+
 class Conflict(JitAccessError):
     """The object is no longer in a state where this makes sense (stale decision, double action)."""
 

@@ -95,10 +95,19 @@ class Request:
     approvals: list[Approval] = field(default_factory=list)
     grant_ids: list[str] = field(default_factory=list)
     extends_grant_id: str | None = None  # set when this request asks to extend a grant
+    partial: bool = False  # a bundle may be granted for the roles that were approved
+    break_glass: bool = False  # emergency activation: no approval, alerted, reviewed after
+    auto_approved: dict[str, str] = field(default_factory=dict)  # role -> rule that fired
+    escalations: list[str] = field(default_factory=list)  # "role#stage" already escalated
+    next_escalation_at: datetime | None = None  # the next stage escalation not yet announced
 
     @property
     def due_at(self) -> datetime | None:
-        return self.pending_until if self.state is RequestState.PENDING else None
+        """When the worker must look: the pending TTL, or an escalation to announce."""
+        if self.state is not RequestState.PENDING:
+            return None
+        times = [t for t in (self.pending_until, self.next_escalation_at) if t is not None]
+        return min(times) if times else None
 
     def _require_pending(self, action: str) -> None:
         if self.state is not RequestState.PENDING:
@@ -257,6 +266,36 @@ class Grant:
         self.failing_since = None
         self.flagged_at = None
         self.last_error = None
+
+
+class ReviewState(StrEnum):
+    OPEN = "open"
+    SIGNED_OFF = "signed_off"
+
+
+@dataclass
+class Review:
+    """A post-incident review of a break-glass activation; open until an approver signs off."""
+
+    id: str
+    kind: str  # "break-glass"
+    request_id: str
+    principal: str
+    roles: tuple[str, ...]
+    justification: str
+    created_at: datetime
+    state: ReviewState = ReviewState.OPEN
+    signed_off_by: str | None = None
+    signed_off_at: datetime | None = None
+    comment: str | None = None
+
+    def sign_off(self, by: str, comment: str, now: datetime) -> None:
+        if self.state is not ReviewState.OPEN:
+            raise Conflict(f"review {self.id} was already signed off by {self.signed_off_by}")
+        self.state = ReviewState.SIGNED_OFF
+        self.signed_off_by = by
+        self.signed_off_at = now
+        self.comment = comment
 
 
 def retry_delay(

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
+from zoneinfo import ZoneInfo
 
 
 class PrincipalKind(StrEnum):
@@ -24,6 +25,7 @@ class User:
     kind: PrincipalKind = PrincipalKind.USER
     email: str | None = None
     groups: tuple[str, ...] = ()
+    break_glass: bool = False  # may activate any role they are eligible for in an emergency
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,41 @@ class DurationPolicy:
     min: timedelta = timedelta(seconds=1)
 
 
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class AllowedHours:
+    """When a role may be activated: on `days` (0 = Monday), from `start` to `end` local time in
+    `tz`. An `end` at or before `start` runs past midnight into the next day."""
+
+    days: frozenset[int]
+    start: time
+    end: time
+    tz: str
+
+    def allows(self, at: datetime) -> bool:
+        local = at.astimezone(ZoneInfo(self.tz))
+        clock = local.time().replace(tzinfo=None)
+        if self.start < self.end:
+            return local.weekday() in self.days and self.start <= clock < self.end
+        # Overnight window: the evening part belongs to its own day, the morning to the day before.
+        if clock >= self.start:
+            return local.weekday() in self.days
+        return clock < self.end and (local.weekday() - 1) % 7 in self.days
+
+    def describe(self) -> str:
+        days = ",".join(DAY_NAMES[d] for d in sorted(self.days))
+        return f"{days} {self.start:%H:%M}-{self.end:%H:%M} {self.tz}"
+
+
 @dataclass(frozen=True)
 class Requirements:
     justification: bool = False
     justification_min_length: int = 0
     ticket: str | None = None  # a regex the ticket must match in full
-    mfa: bool = False
+    mfa: bool = False  # a TOTP code with the request
+    allowed_hours: AllowedHours | None = None
 
     def ticket_pattern(self) -> re.Pattern[str] | None:
         return re.compile(self.ticket) if self.ticket else None
@@ -95,6 +126,21 @@ class Stage:
     deny_threshold: int = 1
     escalate_after: timedelta | None = None
     escalate_to: tuple[PrincipalRef, ...] = ()
+    mfa: bool = False  # approvers of this stage give a TOTP code with their decision
+
+
+@dataclass(frozen=True)
+class AutoApproveRule:
+    """Conditions that together approve a role without people; any rule that holds fires."""
+
+    name: str
+    on_call: str | None = None  # a schedule name: the requester is on call now
+    groups: tuple[str, ...] = ()  # the requester is in one of these groups
+    max_duration: timedelta | None = None  # the request asks for at most this long
+    ticket: str | None = None  # the ticket matches this regex in full
+
+    def ticket_pattern(self) -> re.Pattern[str] | None:
+        return re.compile(self.ticket) if self.ticket else None
 
 
 @dataclass(frozen=True)
@@ -102,6 +148,8 @@ class ApprovalPolicy:
     stages: tuple[Stage, ...]
     pending_ttl: timedelta = timedelta(hours=24)
     on_extend: OnExtend = OnExtend.REQUIRED
+    distinct_stage_approvers: bool = True  # nobody approves two stages of one request
+    auto_approve: tuple[AutoApproveRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +161,8 @@ class Role:
     require: Requirements = Requirements()
     approval: ApprovalPolicy | None = None
     description: str = ""
+    max_active: int | None = None  # live grants of this role at once, across principals
+    break_glass: bool = False  # every activation is an emergency: no approval, alert, review
 
     def grants_dict(self) -> dict[str, Any]:
         return dict(self.grants)
@@ -132,6 +182,20 @@ class Eligibility:
 
 
 @dataclass(frozen=True)
+class OnCallSchedule:
+    """An on-call schedule file (YAML or iCalendar), read when a rule needs it."""
+
+    name: str
+    file: str
+
+
+@dataclass(frozen=True)
+class BreakGlassPolicy:
+    max_duration: timedelta = timedelta(hours=1)
+    justification_min_length: int = 20
+
+
+@dataclass(frozen=True)
 class Policy:
     users: dict[str, User] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
@@ -139,6 +203,8 @@ class Policy:
     eligibility: tuple[Eligibility, ...] = ()
     admins: tuple[PrincipalRef, ...] = ()
     auditors: tuple[PrincipalRef, ...] = ()
+    schedules: dict[str, OnCallSchedule] = field(default_factory=dict)
+    break_glass: BreakGlassPolicy = BreakGlassPolicy()
 
     # --- who is who -------------------------------------------------------------------------
     def groups_of(self, principal: str) -> frozenset[str]:
@@ -162,6 +228,20 @@ class Policy:
     def can_read_everything(self, principal: str) -> bool:
         return self.is_admin(principal) or self.is_auditor(principal)
 
+    def people(self, refs: tuple[PrincipalRef, ...]) -> list[str]:
+        """The users the references name, groups expanded, sorted."""
+        return sorted(name for name in self.users if self.matches_any(name, refs))
+
+    def find_user(self, identifier: str) -> str | None:
+        """The user a schedule names, by user name or e-mail (case-insensitive)."""
+        if identifier in self.users:
+            return identifier
+        wanted = identifier.casefold()
+        for name, user in self.users.items():
+            if user.email and user.email.casefold() == wanted:
+                return name
+        return None
+
     # --- eligibility ------------------------------------------------------------------------
     def is_eligible(self, principal: str, role: str, today: date) -> bool:
         """Deny by default: only an eligibility row naming the principal (or a group) opens it."""
@@ -180,3 +260,14 @@ class Policy:
     # --- approvals --------------------------------------------------------------------------
     def stage_approvers(self, stage: Stage, *, escalated: bool) -> tuple[PrincipalRef, ...]:
         return stage.approvers + (stage.escalate_to if escalated else ())
+
+    def role_approvers(self, role: Role) -> list[str]:
+        """Everyone who may decide some stage of `role`, backups included."""
+        refs: tuple[PrincipalRef, ...] = ()
+        for stage in role.approval.stages if role.approval else ():
+            refs += stage.approvers + stage.escalate_to
+        return self.people(refs)
+
+    def may_break_glass(self, principal: str, role: Role) -> bool:
+        user = self.users.get(principal)
+        return role.break_glass or (user is not None and user.break_glass)

@@ -91,6 +91,62 @@ def check_requirements(
             )
 
 
+def check_allowed_hours(roles: tuple[Role, ...], at: datetime) -> None:
+    """A role with allowed hours activates only inside them (checked at the grant's start)."""
+    for role in roles:
+        hours = role.require.allowed_hours
+        if hours is not None and not hours.allows(at):
+            raise PolicyViolation(
+                f"{role.name} may only be activated {hours.describe()}",
+                rule=f"roles.{role.name}.require.allowed_hours",
+            )
+
+
+def check_max_active(role: Role, live: int) -> None:
+    """At most `max_active` live grants of a role at once (counted before adding one)."""
+    if role.max_active is not None and live >= role.max_active:
+        raise PolicyViolation(
+            f"{role.name} already has {live} live grant(s); the policy allows {role.max_active}",
+            rule=f"roles.{role.name}.max_active",
+        )
+
+
+def is_break_glass(roles: tuple[Role, ...], asked: bool) -> bool:
+    """Asked for, or forced by a role marked break_glass (every activation is an emergency)."""
+    return asked or any(role.break_glass for role in roles)
+
+
+def break_glass_duration(
+    policy: Policy,
+    principal: str,
+    roles: tuple[Role, ...],
+    asked: timedelta | None,
+    justification: str,
+) -> timedelta:
+    """The rules of an emergency activation; returns the duration it may last."""
+    for role in roles:
+        if not policy.may_break_glass(principal, role):
+            raise PolicyViolation(
+                f"{role.name} cannot be activated break-glass by {principal}: neither the role "
+                "nor the user is marked break_glass",
+                rule=f"roles.{role.name}.break_glass",
+            )
+    need = max(1, policy.break_glass.justification_min_length)
+    if len(justification.strip()) < need:
+        raise PolicyViolation(
+            f"break-glass needs a justification of at least {need} characters",
+            rule="break_glass.justification_min_length",
+        )
+    cap = policy.break_glass.max_duration
+    duration = asked if asked is not None else min(cap, *(r.duration.default for r in roles))
+    if duration > cap:
+        raise PolicyViolation(
+            f"break-glass lasts at most {format_duration(cap)}, not {format_duration(duration)}",
+            rule="break_glass.max_duration",
+        )
+    return effective_duration(roles, duration)
+
+
 def check_start(start_at: datetime | None, now: datetime) -> datetime:
     """When the grant may start: now, or a scheduled time in the (near) future."""
     if start_at is None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from jitaccess.domain import approvals
 from jitaccess.domain.errors import Conflict, JitAccessError, NotFound
 from jitaccess.domain.model import Approval, Decision, Request, RequestState
-from jitaccess.ports import Clock, Connectors, UnitOfWork
+from jitaccess.ports import Clock, Connectors, SecretBox, UnitOfWork
+from jitaccess.services.approval_flow import open_stages, settle
 from jitaccess.services.context import audit, current_policy, refuse
-from jitaccess.services.grant_issuing import issue_grants
+from jitaccess.services.mfa import verify_step_up
+from jitaccess.services.notify import notify
 
 
 def decide_request(
@@ -19,6 +21,8 @@ def decide_request(
     approver: str,
     decision: Decision,
     comment: str = "",
+    mfa_code: str | None = None,
+    box: SecretBox | None = None,
 ) -> Request:
     now = clock.now()
     action = f"request.{decision.value}"
@@ -27,12 +31,13 @@ def decide_request(
     request = uow.requests.get(request_id, for_update=True)
     if request is None:
         raise refuse(uow, now, approver, action, request_id, NotFound(f"no request {request_id}"))
-    policy = uow.policies.get(request.policy_version) or current_policy(uow)
+    policy = (uow.policies.get(request.policy_version) or current_policy(uow)).policy
     if request.state is RequestState.PENDING and request.is_past_ttl(now):
         # The worker has not got to it yet; the TTL holds all the same.
         request.expire(now)
         uow.requests.save(request)
         audit(uow, now, "system", "request.expired", request.id)
+        notify(uow, now, [request.requester], "expired", request.id, "no decision in time")
         uow.commit()
     try:
         if request.state is not RequestState.PENDING:
@@ -44,10 +49,23 @@ def decide_request(
             raise Conflict(
                 f"{approver} has already decided on request {request.id}", rule="decided-twice"
             )
-        marks = approvals.count_decision(policy.policy, request, approver, now)
+        marks = approvals.count_decision(policy, request, approver, now)
+        if approvals.needs_mfa(policy, marks):
+            if box is None:
+                raise RuntimeError("MFA needs the server's secret box")
+            verify_step_up(
+                uow,
+                clock,
+                box,
+                principal=approver,
+                code=mfa_code,
+                purpose=decision.value,
+                subject=request.id,
+            )
     except JitAccessError as error:
         raise refuse(uow, now, approver, action, request.id, error) from None
 
+    before = open_stages(policy, request)
     request.record(Approval(approver, decision, comment, now, marks))
     audit(
         uow,
@@ -58,17 +76,13 @@ def decide_request(
         comment=comment,
         data={"stages": [f"{m.role}#{m.stage}" for m in marks]},
     )
-    if decision is Decision.DENY and approvals.is_denied(policy.policy, request):
-        request.deny(now)
-        audit(uow, now, approver, "request.denied", request.id, comment=comment)
-    elif decision is Decision.APPROVE and approvals.is_fully_approved(policy.policy, request):
-        request.approve(now)
-        audit(uow, now, approver, "request.approved", request.id, comment=comment)
-        try:
-            issue_grants(uow, connectors, policy.policy, request, now)
-        except JitAccessError as error:
-            # e.g. the grant an extension was for has ended meanwhile
-            raise refuse(uow, now, approver, action, request.id, error) from None
+    try:
+        settle(
+            uow, connectors, policy, request, now, actor=approver, comment=comment, before=before
+        )
+    except JitAccessError as error:
+        # e.g. the grant an extension was for has ended meanwhile, or the role is at capacity
+        raise refuse(uow, now, approver, action, request.id, error) from None
     uow.requests.save(request)
     uow.commit()
     return request

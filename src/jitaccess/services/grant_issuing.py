@@ -7,7 +7,7 @@ from datetime import datetime
 from jitaccess.domain.errors import Conflict, ConnectorError
 from jitaccess.domain.model import Grant, GrantState, Request, new_id
 from jitaccess.domain.policy import Policy, Target
-from jitaccess.domain.rules import extension_end
+from jitaccess.domain.rules import check_max_active, extension_end
 from jitaccess.ports import Access, Connectors, UnitOfWork
 from jitaccess.services.context import audit
 
@@ -42,15 +42,34 @@ def access_of(policy: Policy, grant: Grant) -> Access:
     )
 
 
+def check_capacity(uow: UnitOfWork, policy: Policy, roles: tuple[str, ...]) -> None:
+    """Refuse when a role already has `max_active` live grants. The role lock keeps two
+    replicas from both taking the last place."""
+    for name in roles:
+        role = policy.roles[name]
+        if role.max_active is not None:
+            uow.lock_role(name)
+            check_max_active(role, uow.grants.count_live(name))
+
+
 def issue_grants(
-    uow: UnitOfWork, connectors: Connectors, policy: Policy, request: Request, now: datetime
+    uow: UnitOfWork,
+    connectors: Connectors,
+    policy: Policy,
+    request: Request,
+    now: datetime,
+    *,
+    roles: tuple[str, ...] | None = None,
 ) -> list[Grant]:
+    """Grants for `roles` (default: every role of the request), or the extension it asks for."""
     if request.extends_grant_id is not None:
         extend_existing(uow, connectors, policy, request, now)
         return []
+    roles = request.roles if roles is None else roles
+    check_capacity(uow, policy, roles)
     starts_at = max(request.start_at or now, now)
     grants = []
-    for role_name in request.roles:
+    for role_name in roles:
         grant_id = new_id("grt")
         grant = Grant(
             id=grant_id,

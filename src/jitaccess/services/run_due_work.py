@@ -17,8 +17,10 @@ from datetime import timedelta
 
 from jitaccess.domain.model import ENDED_GRANT_STATES, EndReason, Grant, GrantState, retry_delay
 from jitaccess.ports import Clock, Connectors, PolicyVersion, SecretBox, UnitOfWorkFactory
+from jitaccess.services.approval_flow import announce_escalations
 from jitaccess.services.context import audit
 from jitaccess.services.grant_issuing import access_of, target_of
+from jitaccess.services.notify import notify
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class WorkerOptions:
 @dataclass
 class WorkReport:
     expired_requests: int = 0
+    escalated: int = 0
     provisioned: int = 0
     ended: int = 0
     failures: int = 0
@@ -50,7 +53,13 @@ class WorkReport:
 
     @property
     def did_anything(self) -> bool:
-        return bool(self.expired_requests or self.provisioned or self.ended or self.failures)
+        return bool(
+            self.expired_requests
+            or self.escalated
+            or self.provisioned
+            or self.ended
+            or self.failures
+        )
 
 
 @dataclass(frozen=True)
@@ -92,12 +101,24 @@ class _Pass:
         claims: list[_Claim] = []
         with self.uow_factory() as uow:
             now = self.clock.now()
-            for request in uow.requests.due(now, self.options.batch):
-                request.expire(now)
-                uow.requests.save(request)
-                audit(uow, now, "system", "request.expired", request.id)
-                self.report.expired_requests += 1
             current = uow.policies.current()
+            for request in uow.requests.due(now, self.options.batch):
+                if request.is_past_ttl(now):
+                    request.expire(now)
+                    audit(uow, now, "system", "request.expired", request.id)
+                    notify(
+                        uow, now, [request.requester], "expired", request.id, "no decision in time"
+                    )
+                    self.report.expired_requests += 1
+                else:
+                    version = uow.policies.get(request.policy_version) or current
+                    if version is not None:
+                        self.report.escalated += announce_escalations(
+                            uow, version.policy, request, now
+                        )
+                    if request.due_at is not None and request.due_at <= now:
+                        request.next_escalation_at = None  # nothing left to announce
+                uow.requests.save(request)
             for grant in uow.grants.due(now, self.options.batch):
                 if grant.state is not GrantState.REVOKING and grant.ends_at <= now:
                     # Past its end (the worker was down, or the target failed until now):

@@ -36,7 +36,9 @@ class SqlPolicies:
         loaded = PolicyVersion(
             version=row.version,
             policy=load_policy_text(
-                json.dumps(document, ensure_ascii=False), f"policy v{row.version}"
+                json.dumps(document, ensure_ascii=False),
+                f"policy v{row.version}",
+                check_files=False,
             ),
             document=document,
             digest=row.digest,

@@ -58,6 +58,11 @@ def _request_row(request: Request) -> dict[str, Any]:
         "grant_ids": list(request.grant_ids),
         "extends_grant_id": request.extends_grant_id,
         "due_at": request.due_at,
+        "partial": request.partial,
+        "break_glass": request.break_glass,
+        "auto_approved": dict(request.auto_approved),
+        "escalations": list(request.escalations),
+        "next_escalation_at": request.next_escalation_at,
     }
 
 
@@ -88,6 +93,11 @@ def _request_from(row: Row[Any]) -> Request:
         ],
         grant_ids=list(m["grant_ids"]),
         extends_grant_id=m["extends_grant_id"],
+        partial=bool(m["partial"]),
+        break_glass=bool(m["break_glass"]),
+        auto_approved=dict(m["auto_approved"] or {}),
+        escalations=list(m["escalations"] or []),
+        next_escalation_at=m["next_escalation_at"],
     )
 
 
@@ -229,6 +239,12 @@ class SqlGrants:
             grants.c.state.in_([s.value for s in LIVE_GRANT_STATES]),
         )
         return [_grant_from(r) for r in self.conn.execute(query)]
+
+    def count_live(self, role: str) -> int:
+        query = select(func.count()).where(
+            grants.c.role == role, grants.c.state.in_([s.value for s in LIVE_GRANT_STATES])
+        )
+        return int(self.conn.execute(query).scalar_one())
 
     def live_roles(self) -> set[tuple[str, str]]:
         query = (

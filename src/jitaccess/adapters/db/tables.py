@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -59,6 +61,11 @@ requests = Table(
     Column("grant_ids", JSON, nullable=False),
     Column("extends_grant_id", String(40)),
     Column("due_at", UTCDateTime, index=True),
+    Column("partial", Boolean, nullable=False, server_default=false()),
+    Column("break_glass", Boolean, nullable=False, server_default=false()),
+    Column("auto_approved", JSON),
+    Column("escalations", JSON),
+    Column("next_escalation_at", UTCDateTime),
 )
 
 grants = Table(
@@ -137,4 +144,46 @@ api_tokens = Table(
     Column("created_by", String(64), nullable=False),
     Column("description", Text, nullable=False),
     Column("revoked_at", UTCDateTime),
+)
+
+mfa_enrollments = Table(
+    "mfa_enrollments",
+    metadata,
+    Column("principal", String(64), primary_key=True),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("confirmed_at", UTCDateTime),
+    Column("last_step", BigInteger),
+    Column("failures", Integer, nullable=False),
+    Column("failures_since", UTCDateTime),
+    Column("locked_until", UTCDateTime),
+)
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("request_id", String(40), nullable=False, index=True),
+    Column("principal", String(64), nullable=False),
+    Column("roles", JSON, nullable=False),
+    Column("justification", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("signed_off_by", String(64)),
+    Column("signed_off_at", UTCDateTime),
+    Column("comment", Text),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("recipient", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(300), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("data", JSON, nullable=False),
+    Index("ix_notifications_recipient_created", "recipient", "created_at"),
 )

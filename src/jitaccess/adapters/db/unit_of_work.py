@@ -23,6 +23,7 @@ from jitaccess.adapters.db.audit_repository import SqlAudit
 from jitaccess.adapters.db.policy_repository import SqlPolicies
 from jitaccess.adapters.db.repositories import SqlGrants, SqlRequests
 from jitaccess.adapters.db.token_repository import SqlTokens
+from jitaccess.adapters.db.workflow_repositories import SqlMfa, SqlNotifications, SqlReviews
 from jitaccess.domain.errors import AuditWriteFailed, Unavailable
 
 NOTIFY_CHANNEL = "jitaccess_due"
@@ -129,6 +130,9 @@ class SqlUnitOfWork:
         self.audit = SqlAudit(self.conn)
         self.policies = SqlPolicies(self.conn)
         self.tokens = SqlTokens(self.conn)
+        self.mfa = SqlMfa(self.conn)
+        self.reviews = SqlReviews(self.conn)
+        self.notifications = SqlNotifications(self.conn)
         return self
 
     def __exit__(
@@ -161,6 +165,13 @@ class SqlUnitOfWork:
         if self._wake and self.on_wake is not None:
             self.on_wake(self._wake_due)
         self._wake, self._wake_due = False, None
+
+    def lock_role(self, role: str) -> None:
+        # SQLite's BEGIN IMMEDIATE already serialises every writer.
+        if self.is_postgres:
+            self.conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"role:{role}"}
+            )
 
     def rollback(self) -> None:
         self.audit.pending.clear()
