@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from jitaccess.adapters.connectors.registry import ConnectorRegistry
 from jitaccess.adapters.db.migrate import upgrade_database
 from jitaccess.adapters.db.unit_of_work import SqlUnitOfWorkFactory, make_engine
+from jitaccess.adapters.oncall import FileOnCall
 from jitaccess.adapters.policy_yaml import load_policy_files, policy_digest, policy_to_document
 from jitaccess.adapters.secret_box import FernetSecretBox
 from jitaccess.adapters.wakeup import Wakeup
@@ -31,6 +32,7 @@ class Container:
     connectors: ConnectorRegistry
     box: FernetSecretBox
     wake: Wakeup = field(default_factory=Wakeup)
+    oncall: FileOnCall = field(default_factory=FileOnCall)
 
     def current_policy(self) -> Policy:
         with self.uow.readonly() as uow:

@@ -169,13 +169,27 @@ def test_dry_run_previews_and_creates_nothing(api: Api) -> None:
     assert response.status_code == 200, response.text
     assert response.json() == {
         "dry_run": True,
+        "outcome": "pending",
         "roles": ["demo/admin"],
         "duration": "1h",
         "duration_seconds": 3600,
         "starts_at": "2026-01-05T09:00:00Z",
         "needs_approval": True,
+        "mfa_required": False,
+        "auto_approved": {},
+        "break_glass": False,
         "stages": [
-            {"role": "demo/admin", "stage": "dba", "approvers": ["group:dba"], "min_approvals": 1}
+            {
+                "role": "demo/admin",
+                "stage": "dba",
+                "approvers": ["group:dba"],
+                "people": ["bob"],
+                "min_approvals": 1,
+                "all_groups": False,
+                "escalate_after": None,
+                "escalate_to": [],
+                "mfa": False,
+            }
         ],
     }
     assert api.get("alice", "/api/v1/requests").json() == {"items": []}

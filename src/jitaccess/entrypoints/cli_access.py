@@ -25,6 +25,14 @@ def request_cmd(
     ticket: Annotated[str | None, typer.Option(help="Ticket reference.")] = None,
     start_at: Annotated[str | None, typer.Option(help="Scheduled start, ISO 8601 UTC.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would need.")] = False,
+    partial: Annotated[
+        bool, typer.Option("--partial", help="Grant the roles approved even if others are denied.")
+    ] = False,
+    break_glass: Annotated[
+        bool,
+        typer.Option("--break-glass", help="Emergency: no approval; everyone is alerted."),
+    ] = False,
+    mfa_code: MfaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask for one or more roles."""
@@ -34,44 +42,85 @@ def request_cmd(
         "justification": reason,
         "ticket": ticket,
         "start_at": start_at,
+        "partial": partial,
+        "break_glass": break_glass,
+        "mfa_code": mfa_code,
     }
     result = Client().call("POST", "/requests", json=body, params={"dry_run": str(dry_run).lower()})
     if as_json:
         show.emit_json(result)
     elif dry_run:
-        show.out.print(f"would ask for {', '.join(result['roles'])} for {result['duration']}")
-        if not result["needs_approval"]:
-            show.out.print("no approval needed: it would activate at once")
-        for stage in result["stages"]:
-            show.out.print(
-                f"  {stage['role']}: stage {stage['stage']} needs "
-                f"{stage['min_approvals']} of {', '.join(stage['approvers'])}"
-            )
+        show.show_preview(result)
     else:
         show.show_requests([result])
+        if result.get("break_glass"):
+            show.out.print("[bold red]break-glass:[/] approvers and admins have been alerted")
 
 
-def _decide(action: str, request_id: str, comment: str, as_json: bool) -> None:
-    result = Client().call("POST", f"/requests/{request_id}/{action}", json={"comment": comment})
+MfaOpt = Annotated[
+    str | None, typer.Option("--mfa-code", help="A TOTP code, where the policy requires MFA.")
+]
+
+
+def _decide(
+    action: str, request_id: str, comment: str, as_json: bool, mfa_code: str | None = None
+) -> None:
+    body = {"comment": comment} | ({"mfa_code": mfa_code} if mfa_code else {})
+    result = Client().call("POST", f"/requests/{request_id}/{action}", json=body)
     show.emit_json(result) if as_json else show.show_requests([result])
 
 
 @app.command()
-def approve(request_id: str, comment: CommentOpt = "", as_json: JsonOpt = False) -> None:
+def approve(
+    request_id: str, comment: CommentOpt = "", mfa_code: MfaOpt = None, as_json: JsonOpt = False
+) -> None:
     """Approve a pending request."""
-    _decide("approve", request_id, comment, as_json)
+    _decide("approve", request_id, comment, as_json, mfa_code)
 
 
 @app.command()
-def deny(request_id: str, comment: CommentOpt = "", as_json: JsonOpt = False) -> None:
+def deny(
+    request_id: str, comment: CommentOpt = "", mfa_code: MfaOpt = None, as_json: JsonOpt = False
+) -> None:
     """Deny a pending request."""
-    _decide("deny", request_id, comment, as_json)
+    _decide("deny", request_id, comment, as_json, mfa_code)
 
 
 @app.command()
 def cancel(request_id: str, comment: CommentOpt = "", as_json: JsonOpt = False) -> None:
     """Cancel your own pending request."""
     _decide("cancel", request_id, comment, as_json)
+
+
+@app.command()
+def reviews(
+    state: Annotated[str | None, typer.Option(help="open or signed_off.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Post-incident reviews of break-glass activations."""
+    result = Client().call("GET", "/reviews", params={"state": state} if state else None)
+    show.emit_json(result) if as_json else show.show_reviews(result["items"])
+
+
+@app.command("sign-off")
+def sign_off(
+    review_id: str,
+    comment: Annotated[str, typer.Option("--comment", "-m", help="What the review found.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign off a break-glass review (an approver of its roles or an admin)."""
+    result = Client().call("POST", f"/reviews/{review_id}/sign-off", json={"comment": comment})
+    show.emit_json(result) if as_json else show.show_reviews([result])
+
+
+@app.command()
+def notifications(
+    since: Annotated[str | None, typer.Option(help="Only at or after this ISO 8601 time.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your inbox: approvals you are asked for, escalations, decisions, break-glass alerts."""
+    result = Client().call("GET", "/notifications", params={"since": since} if since else None)
+    show.emit_json(result) if as_json else show.show_notifications(result["items"])
 
 
 @app.command()

@@ -30,6 +30,8 @@ _STATE_STYLE = {
     "revoking": "yellow",
     "revoked": "red",
     "deactivated": "dim",
+    "open": "bold red",
+    "signed_off": "green",
 }
 
 
@@ -103,4 +105,63 @@ def show_grants(items: list[dict[str, Any]]) -> None:
             ]
             for g in items
         ],
+    )
+
+
+def show_preview(result: dict[str, Any]) -> None:
+    """A dry run: what the request would need, as a table of stages."""
+    verdict = {
+        "granted": "[green]would activate at once[/]",
+        "pending": "[yellow]would wait for approval[/]",
+        "break-glass": "[bold red]would activate as BREAK-GLASS (alerted, reviewed)[/]",
+    }[result["outcome"]]
+    out.print(f"{', '.join(result['roles'])} for {result['duration']}: {verdict}")
+    if result.get("mfa_required"):
+        out.print("MFA: a TOTP code is required (--mfa-code)")
+    for role, rule in sorted(result.get("auto_approved", {}).items()):
+        out.print(f"auto-approval: {role} by rule [bold]{rule}[/]")
+    if result["stages"]:
+        table(
+            "Approval stages",
+            ["role", "stage", "needs", "who can decide", "escalates", "mfa"],
+            [
+                [
+                    s["role"],
+                    s["stage"],
+                    f"{s['min_approvals']}" + (" (each group)" if s["all_groups"] else ""),
+                    ", ".join(s["people"]) or "[red]nobody[/]",
+                    f"after {s['escalate_after']} to {', '.join(s['escalate_to'])}"
+                    if s["escalate_after"]
+                    else "-",
+                    "yes" if s["mfa"] else "-",
+                ]
+                for s in result["stages"]
+            ],
+        )
+
+
+def show_reviews(items: list[dict[str, Any]]) -> None:
+    table(
+        f"Reviews ({len(items)})",
+        ["id", "state", "who", "roles", "when", "justification", "signed off"],
+        [
+            [
+                r["id"],
+                state(r["state"]),
+                r["principal"],
+                ", ".join(r["roles"]),
+                when(r["created_at"]),
+                r["justification"],
+                f"{r['signed_off_by']}: {r['comment']}" if r["signed_off_by"] else "-",
+            ]
+            for r in items
+        ],
+    )
+
+
+def show_notifications(items: list[dict[str, Any]]) -> None:
+    table(
+        f"Notifications ({len(items)})",
+        ["when", "kind", "about", "message"],
+        [[when(n["created_at"]), n["kind"], n["subject"], n["message"]] for n in items],
     )

@@ -1,7 +1,7 @@
 """Use case: read requests and grants, showing each viewer only what they may see.
 
-Requesters see their own; approvers the requests they could decide; admins and auditors all.
-Anything else looks exactly like a missing ID.
+Requesters see their own; approvers the requests of roles they approve; admins and auditors
+all. Anything else looks exactly like a missing ID, and the attempt is audited.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from jitaccess.domain.errors import NotFound
 from jitaccess.domain.model import Grant, Request
 from jitaccess.domain.policy import Policy
 from jitaccess.ports import Clock, UnitOfWork
-from jitaccess.services.context import current_policy
+from jitaccess.services.context import current_policy, refuse
 
 
 def _approver_of(policy: Policy, request: Request, viewer: str) -> bool:
@@ -33,11 +33,12 @@ def may_see_request(policy: Policy, request: Request, viewer: str) -> bool:
     )
 
 
-def read_request(uow: UnitOfWork, *, request_id: str, viewer: str) -> Request:
+def read_request(uow: UnitOfWork, clock: Clock, *, request_id: str, viewer: str) -> Request:
     policy = current_policy(uow).policy
     request = uow.requests.get(request_id)
     if request is None or not may_see_request(policy, request, viewer):
-        raise NotFound(f"no request {request_id}")
+        error = NotFound(f"no request {request_id}")
+        raise refuse(uow, clock.now(), viewer, "request.read", request_id[:64], error)
     return request
 
 
@@ -61,11 +62,12 @@ def list_requests(
     return [r for r in candidates if may_see_request(policy, r, viewer)][:limit]
 
 
-def read_grant(uow: UnitOfWork, *, grant_id: str, viewer: str) -> Grant:
+def read_grant(uow: UnitOfWork, clock: Clock, *, grant_id: str, viewer: str) -> Grant:
     policy = current_policy(uow).policy
     grant = uow.grants.get(grant_id)
     if grant is None or not (grant.principal == viewer or policy.can_read_everything(viewer)):
-        raise NotFound(f"no grant {grant_id}")
+        error = NotFound(f"no grant {grant_id}")
+        raise refuse(uow, clock.now(), viewer, "grant.read", grant_id[:64], error)
     return grant
 
 

@@ -17,6 +17,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No such object (or not visible to this caller)",
         409: "The object is no longer in a state where this makes sense",
         422: "Invalid input or a policy rule refused it",
+        429: "Too many wrong MFA codes: locked out for a while",
         502: "The target refused or could not be reached",
         503: "The database or audit log is unavailable",
     }

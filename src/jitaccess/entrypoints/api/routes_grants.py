@@ -42,7 +42,9 @@ def get_grants(
 @router.get("/grants/{grant_id}", response_model=schemas.GrantOut, responses=problem_responses(404))
 def get_grant(grant_id: str, principal: Principal, container: ContainerDep) -> schemas.GrantOut:
     with container.uow.readonly() as uow:
-        return schemas.GrantOut.of(read_grant(uow, grant_id=grant_id, viewer=principal))
+        return schemas.GrantOut.of(
+            read_grant(uow, container.clock, grant_id=grant_id, viewer=principal)
+        )
 
 
 @router.get(

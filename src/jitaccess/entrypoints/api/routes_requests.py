@@ -30,7 +30,7 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="at most this many items
     response_model=schemas.RequestOut,
     responses={
         200: {"model": schemas.RequestPreviewOut, "description": "dry run: what it would need"},
-        **problem_responses(403, 409),
+        **problem_responses(403, 409, 422, 429),
     },
 )
 def create_request(
@@ -54,6 +54,11 @@ def create_request(
                 ticket=body.ticket,
                 start_at=body.start_at,
                 dry_run=dry_run,
+                partial=body.partial,
+                break_glass=body.break_glass,
+                mfa_code=body.mfa_code,
+                box=container.box,
+                oncall=container.oncall,
             )
     except JitAccessError:
         if not dry_run:
@@ -98,7 +103,9 @@ def get_request(
     request_id: str, principal: Principal, container: ContainerDep
 ) -> schemas.RequestOut:
     with container.uow.readonly() as uow:
-        return schemas.RequestOut.of(read_request(uow, request_id=request_id, viewer=principal))
+        return schemas.RequestOut.of(
+            read_request(uow, container.clock, request_id=request_id, viewer=principal)
+        )
 
 
 def _decide(
@@ -117,11 +124,13 @@ def _decide(
             approver=principal,
             decision=decision,
             comment=body.comment if body else "",
+            mfa_code=body.mfa_code if body else None,
+            box=container.box,
         )
     return schemas.RequestOut.of(request)
 
 
-DECISION_RESPONSES = problem_responses(403, 404, 409)
+DECISION_RESPONSES = problem_responses(403, 404, 409, 422, 429)
 
 
 @router.post(

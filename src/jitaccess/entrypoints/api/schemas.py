@@ -11,7 +11,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from jitaccess.domain.durations import format_duration, parse_duration
-from jitaccess.domain.model import EndReason, Grant, GrantState, Request, RequestState
+from jitaccess.domain.model import (
+    EndReason,
+    Grant,
+    GrantState,
+    Request,
+    RequestState,
+    Review,
+    ReviewState,
+)
+from jitaccess.ports import Notification
 from jitaccess.services.check_access import AccessCheck
 from jitaccess.services.request_access import RequestPreview
 
@@ -45,6 +54,15 @@ class RequestCreate(Body):
     justification: str = ""
     ticket: str | None = None
     start_at: datetime | None = None
+    partial: bool = Field(
+        default=False, description="a bundle may be granted for the roles that were approved"
+    )
+    break_glass: bool = Field(
+        default=False, description="emergency: activate without approval; alerted and reviewed"
+    )
+    mfa_code: str | None = Field(
+        default=None, description="a TOTP code, where a role requires MFA", examples=["123456"]
+    )
 
     @field_validator("duration")
     @classmethod
@@ -57,6 +75,13 @@ class RequestCreate(Body):
 
 class Decision(Body):
     comment: str = ""
+    mfa_code: str | None = Field(
+        default=None, description="a TOTP code, where the stage requires MFA", examples=["123456"]
+    )
+
+
+class SignOff(Body):
+    comment: str = Field(min_length=1, description="what the review found")
 
 
 class Extend(Body):
@@ -113,6 +138,10 @@ class RequestOut(BaseModel):
     grants: list[str]
     extends_grant_id: str | None
     policy_version: int
+    partial: bool
+    break_glass: bool
+    auto_approved: dict[str, str] = Field(description="role -> the auto-approve rule that fired")
+    escalated: list[str] = Field(description="role#stage escalated to backup approvers")
 
     @classmethod
     def of(cls, request: Request) -> RequestOut:
@@ -138,6 +167,10 @@ class RequestOut(BaseModel):
             grants=list(request.grant_ids),
             extends_grant_id=request.extends_grant_id,
             policy_version=request.policy_version,
+            partial=request.partial,
+            break_glass=request.break_glass,
+            auto_approved=dict(request.auto_approved),
+            escalated=list(request.escalations),
         )
 
 
@@ -192,37 +225,113 @@ class GrantList(BaseModel):
 class StageOut(BaseModel):
     role: str
     stage: str
-    approvers: list[str]
+    approvers: list[str] = Field(description="as the policy names them")
+    people: list[str] = Field(description="who may decide today (never the requester)")
     min_approvals: int
+    all_groups: bool
+    escalate_after: str | None
+    escalate_to: list[str]
+    mfa: bool
 
 
 class RequestPreviewOut(BaseModel):
     dry_run: Literal[True] = True
+    outcome: Literal["granted", "pending", "break-glass"]
     roles: list[str]
     duration: str
     duration_seconds: int
     starts_at: UtcDatetime
     needs_approval: bool
+    mfa_required: bool
+    auto_approved: dict[str, str]
+    break_glass: bool
     stages: list[StageOut]
 
     @classmethod
     def of(cls, preview: RequestPreview) -> RequestPreviewOut:
         return cls(
+            outcome=preview.outcome,
             roles=list(preview.roles),
             duration=format_duration(preview.duration),
             duration_seconds=int(preview.duration.total_seconds()),
             starts_at=preview.starts_at,
             needs_approval=preview.needs_approval,
+            mfa_required=preview.mfa_required,
+            auto_approved=dict(preview.auto_approved),
+            break_glass=preview.break_glass,
             stages=[
                 StageOut(
                     role=s.role,
                     stage=s.stage,
                     approvers=list(s.approvers),
+                    people=list(s.people),
                     min_approvals=s.min_approvals,
+                    all_groups=s.all_groups,
+                    escalate_after=format_duration(s.escalate_after) if s.escalate_after else None,
+                    escalate_to=list(s.escalate_to),
+                    mfa=s.mfa,
                 )
                 for s in preview.stages
             ],
         )
+
+
+class ReviewOut(BaseModel):
+    id: str
+    kind: str
+    request_id: str
+    principal: str
+    roles: list[str]
+    justification: str
+    created_at: UtcDatetime
+    state: ReviewState
+    signed_off_by: str | None
+    signed_off_at: UtcDatetime | None
+    comment: str | None
+
+    @classmethod
+    def of(cls, review: Review) -> ReviewOut:
+        return cls(
+            id=review.id,
+            kind=review.kind,
+            request_id=review.request_id,
+            principal=review.principal,
+            roles=list(review.roles),
+            justification=review.justification,
+            created_at=review.created_at,
+            state=review.state,
+            signed_off_by=review.signed_off_by,
+            signed_off_at=review.signed_off_at,
+            comment=review.comment,
+        )
+
+
+class ReviewList(BaseModel):
+    items: list[ReviewOut]
+
+
+class NotificationOut(BaseModel):
+    id: str
+    kind: str
+    subject: str
+    message: str
+    created_at: UtcDatetime
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, notification: Notification) -> NotificationOut:
+        return cls(
+            id=notification.id,
+            kind=notification.kind,
+            subject=notification.subject,
+            message=notification.message,
+            created_at=notification.created_at,
+            data=dict(notification.data),
+        )
+
+
+class NotificationList(BaseModel):
+    items: list[NotificationOut]
 
 
 class ExtensionOut(BaseModel):
