@@ -55,7 +55,16 @@ def role(body: str) -> str:
 # --- the example --------------------------------------------------------------------------
 def test_example_policy_loads_with_every_section() -> None:
     policy, _ = load_policy_files([EXAMPLE])
-    assert set(policy.users) == {"alice", "bob", "carol", "dave", "erin", "deploy-bot"}
+    assert set(policy.users) == {
+        "alice",
+        "bob",
+        "carol",
+        "dave",
+        "erin",
+        "frank",
+        "grace",
+        "deploy-bot",
+    }
     assert policy.users["deploy-bot"].kind is PrincipalKind.SERVICE
     assert policy.targets["prod-db"].connection == ConnectionRef(env="PROD_DB_ADMIN_URL")
     assert policy.targets["demo"].connection is None

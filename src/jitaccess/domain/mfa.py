@@ -7,7 +7,7 @@ codes within `FAILURE_WINDOW` the principal is locked out for `LOCKOUT`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 MAX_FAILURES = 5
@@ -18,7 +18,8 @@ LOCKOUT = timedelta(minutes=15)
 @dataclass
 class MfaEnrollment:
     principal: str
-    secret: bytes  # sealed by the server's SecretBox; never stored or logged in the clear
+    # Sealed by the server's SecretBox; never stored, logged or printed in the clear.
+    secret: bytes = field(repr=False)
     created_at: datetime
     confirmed_at: datetime | None = None  # a first valid code proved the authenticator works
     last_step: int | None = None  # the TOTP time step of the last accepted code

@@ -6,7 +6,14 @@ from fastapi import FastAPI
 
 from jitaccess import __version__
 from jitaccess.bootstrap import Container
-from jitaccess.entrypoints.api import routes_admin, routes_grants, routes_ops, routes_requests
+from jitaccess.entrypoints.api import (
+    routes_admin,
+    routes_grants,
+    routes_mfa,
+    routes_ops,
+    routes_requests,
+    routes_reviews,
+)
 from jitaccess.entrypoints.api.metrics import HttpMetricsMiddleware, Metrics
 from jitaccess.entrypoints.api.problems import UnhandledErrorMiddleware, install_problem_handlers
 from jitaccess.entrypoints.api.schemas import PolicyDocument, Problem
@@ -22,7 +29,8 @@ def create_app(container: Container) -> FastAPI:
     app.state.container = container
     app.state.metrics = metrics = Metrics(container.uow)
     install_problem_handlers(app)
-    for module in (routes_requests, routes_grants, routes_admin, routes_ops):
+    modules = (routes_requests, routes_grants, routes_reviews, routes_admin, routes_mfa)
+    for module in (*modules, routes_ops):
         app.include_router(module.router)
     # Added last is outermost: metrics also count the 500s the error middleware produces.
     app.add_middleware(UnhandledErrorMiddleware)
