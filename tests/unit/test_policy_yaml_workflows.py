@@ -118,7 +118,8 @@ def test_a_broken_schedule_file_is_named(tmp_path: Path) -> None:
 
 def test_allowed_hours_are_checked_key_by_key() -> None:
     text = role(
-        "    require:\n      allowed_hours: {days: mon-fry, from: '8:00', to: '25:00', tz: Mars/Base}\n"
+        "    require:\n      allowed_hours:\n"
+        "        {days: mon-fry, from: '8:00', to: '25:00', tz: Mars/Base}\n"
     )
     assert [(key, reason.split(" (use")[0]) for _, key, reason in problems(text)] == [
         ("roles.r.require.allowed_hours.days", "'mon-fry' is not a day or range like mon-fri"),
@@ -144,7 +145,8 @@ def test_allowed_hours_need_every_key() -> None:
 
 def test_allowed_hours_windows_including_overnight_and_wrapping_day_ranges() -> None:
     text = role(
-        "    require:\n      allowed_hours: {days: 'fri-mon', from: '22:00', to: '06:00', tz: UTC}\n"
+        "    require:\n      allowed_hours:\n"
+        "        {days: 'fri-mon', from: '22:00', to: '06:00', tz: UTC}\n"
     )
     hours = load_policy_text(text).roles["r"].require.allowed_hours
     assert hours is not None
@@ -205,3 +207,11 @@ def problems_of_files(paths: list[Path]) -> list[tuple[int, str, str]]:
     with pytest.raises(PolicyInvalid) as caught:
         load_policy_files(paths)
     return [(p.line, p.key, p.reason) for p in caught.value.problems]
+
+
+def test_the_demo_policies_load() -> None:
+    demo = Path(__file__).resolve().parents[2] / "src" / "jitaccess" / "demo"
+    policy, _ = load_policy_files([demo / "policy.yaml", demo / "policy-postgres.yaml"])
+    assert policy.roles["demo/emergency"].break_glass
+    owner = policy.roles["demo/owner"].approval
+    assert owner is not None and len(owner.stages) == 2 and owner.auto_approve

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from jitaccess.domain.errors import Forbidden, SelfApproval
+from jitaccess.domain.errors import Conflict, Forbidden, SelfApproval
 from jitaccess.domain.model import Approval, Decision, Request, StageMark
 from jitaccess.domain.policy import AutoApproveRule, Policy, Role, Stage
 
@@ -58,23 +58,38 @@ def escalates_at(request: Request, role: Role, index: int) -> datetime | None:
     return None if after is None else stage_opened_at(request, role, index) + after
 
 
-def may_decide_stage(
+def _approver_of_stage(
     policy: Policy, request: Request, role: Role, index: int, principal: str, now: datetime
 ) -> bool:
     assert role.approval is not None
     stage = role.approval.stages[index]
     at = escalates_at(request, role, index)
     escalated = at is not None and now >= at
-    if not policy.matches_any(principal, policy.stage_approvers(stage, escalated=escalated)):
-        return False
-    if not role.approval.distinct_stage_approvers:
-        return True
-    # Separation of duties: nobody approves two stages of one request.
-    return not any(
-        StageMark(role.name, other) in a.counted_for
-        for a in request.approvals
-        if a.approver == principal
+    return policy.matches_any(principal, policy.stage_approvers(stage, escalated=escalated))
+
+
+def _decided_another_stage(request: Request, role: Role, index: int, principal: str) -> bool:
+    assert role.approval is not None
+    return any(
+        request.has_decided(principal, StageMark(role.name, other))
         for other in range(len(role.approval.stages))
+        if other != index
+    )
+
+
+def may_decide_stage(
+    policy: Policy, request: Request, role: Role, index: int, principal: str, now: datetime
+) -> bool:
+    """An approver of the stage (backups once escalated) who has not decided it yet and, with
+    `distinct_stage_approvers`, has decided no other stage of this role's approval."""
+    assert role.approval is not None
+    if not _approver_of_stage(policy, request, role, index, principal, now):
+        return False
+    if request.has_decided(principal, StageMark(role.name, index)):
+        return False
+    return not (
+        role.approval.distinct_stage_approvers
+        and _decided_another_stage(request, role, index, principal)
     )
 
 
@@ -101,32 +116,50 @@ def _roles(policy: Policy, request: Request) -> list[Role] | None:
 def count_decision(
     policy: Policy, request: Request, principal: str, now: datetime
 ) -> tuple[StageMark, ...]:
-    """The open stages this principal's decision counts for; refuse when it counts for none."""
+    """The open stages this principal's decision counts for; refuse when it counts for none,
+    saying why: self-approval, already decided, separation of stages, or not an approver."""
     if principal == request.requester:
         raise SelfApproval(
             f"{principal} requested {request.id} and cannot decide on it", rule="self-approval"
         )
     marks = []
+    decided = separated = False
     for role in _roles(policy, request) or []:
         if role_denied(policy, request, role):
             continue  # with partial, a denied role's stages are closed
         index = open_stage(policy, request, role)
-        if index is not None and may_decide_stage(policy, request, role, index, principal, now):
+        if index is None or not _approver_of_stage(policy, request, role, index, principal, now):
+            continue
+        if may_decide_stage(policy, request, role, index, principal, now):
             marks.append(StageMark(role.name, index))
-    if not marks:
-        raise Forbidden(
-            f"{principal} is not an approver of any open stage of request {request.id}",
-            rule="not-an-approver",
+        elif request.has_decided(principal, StageMark(role.name, index)):
+            decided = True
+        else:
+            separated = True
+    if marks:
+        return tuple(marks)
+    if decided:
+        raise Conflict(
+            f"{principal} has already decided on request {request.id}", rule="decided-twice"
         )
-    return tuple(marks)
+    if separated:
+        raise Forbidden(
+            f"{principal} decided an earlier stage of request {request.id}; another person must "
+            "decide this one (distinct_stage_approvers)",
+            rule="distinct-stage-approvers",
+        )
+    raise Forbidden(
+        f"{principal} is not an approver of any open stage of request {request.id}",
+        rule="not-an-approver",
+    )
 
 
 def can_decide(policy: Policy, request: Request, principal: str, now: datetime) -> bool:
     try:
         count_decision(policy, request, principal, now)
-    except Forbidden:
+    except (Forbidden, Conflict):
         return False
-    return not request.has_decided(principal)
+    return True
 
 
 def needs_mfa(policy: Policy, marks: tuple[StageMark, ...]) -> bool:
@@ -225,9 +258,7 @@ def deciders(policy: Policy, request: Request, now: datetime) -> dict[str, list[
         people = [
             p
             for p in policy.users
-            if p != request.requester
-            and not request.has_decided(p)
-            and may_decide_stage(policy, request, role, index, p, now)
+            if p != request.requester and may_decide_stage(policy, request, role, index, p, now)
         ]
         result[role.name] = sorted(people)
     return result

@@ -118,12 +118,19 @@ class Request:
     def is_past_ttl(self, now: datetime) -> bool:
         return self.pending_until is not None and now >= self.pending_until
 
-    def has_decided(self, principal: str) -> bool:
-        return any(a.approver == principal for a in self.approvals)
+    def has_decided(self, principal: str, mark: StageMark | None = None) -> bool:
+        """Whether `principal` decided on this request (or on one stage of it)."""
+        return any(
+            a.approver == principal and (mark is None or mark in a.counted_for)
+            for a in self.approvals
+        )
 
     def record(self, approval: Approval) -> None:
+        """One decision per person per stage: a stage counts distinct people."""
         self._require_pending(approval.decision.value)
-        if self.has_decided(approval.approver):
+        if not approval.counted_for or any(
+            self.has_decided(approval.approver, mark) for mark in approval.counted_for
+        ):
             raise Conflict(f"{approval.approver} has already decided on request {self.id}")
         self.approvals.append(approval)
 

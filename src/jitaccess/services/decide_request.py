@@ -45,10 +45,6 @@ def decide_request(
                 f"request {request.id} is {request.state.value}; decisions are closed",
                 rule="stale-decision",
             )
-        if request.has_decided(approver):
-            raise Conflict(
-                f"{approver} has already decided on request {request.id}", rule="decided-twice"
-            )
         marks = approvals.count_decision(policy, request, approver, now)
         if approvals.needs_mfa(policy, marks):
             if box is None:

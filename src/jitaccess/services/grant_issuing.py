@@ -7,7 +7,7 @@ from datetime import datetime
 from jitaccess.domain.errors import Conflict, ConnectorError
 from jitaccess.domain.model import Grant, GrantState, Request, new_id
 from jitaccess.domain.policy import Policy, Target
-from jitaccess.domain.rules import check_max_active, extension_end
+from jitaccess.domain.rules import check_allowed_hours, check_max_active, extension_end
 from jitaccess.ports import Access, Connectors, UnitOfWork
 from jitaccess.services.context import audit
 
@@ -68,6 +68,9 @@ def issue_grants(
     roles = request.roles if roles is None else roles
     check_capacity(uow, policy, roles)
     starts_at = max(request.start_at or now, now)
+    if not request.break_glass:
+        # Approval may come hours after the ask: the window holds when the grant starts.
+        check_allowed_hours(tuple(policy.roles[name] for name in roles), starts_at)
     grants = []
     for role_name in roles:
         grant_id = new_id("grt")
