@@ -317,3 +317,30 @@ def test_other_peoples_requests_are_invisible_and_the_attempt_is_audited(
     assert api.get("erin", f"/api/v1/requests/{request['id']}").status_code == 200
     assert api.post("erin", f"/api/v1/requests/{request['id']}/approve").status_code == 403
     assert [r["id"] for r in api.get("mallory", "/api/v1/requests").json()["items"]] == []
+
+
+def test_extensions_need_mfa_where_the_role_does_and_break_glass_never_extends(
+    api: Api, tmp_path: Path
+) -> None:
+    setup(api, tmp_path)
+    alice, bob = enroll(api, "alice"), enroll(api, "bob")
+    created = ask(api, "alice", roles=["demo/secure"], mfa_code=alice.at(api.clock.now()))
+    url = f"/api/v1/requests/{created.json()['id']}/approve"
+    api.clock.advance(timedelta(seconds=30))
+    approved = api.post("bob", url, {"mfa_code": bob.at(api.clock.now())}).json()
+    grant_url = f"/api/v1/grants/{approved['grants'][0]}/extend"
+    api.clock.advance(timedelta(seconds=30))
+    without = api.post("alice", grant_url, {"duration": "10m"})
+    assert assert_problem(without, 422, "policy-violation")["rule"] == "mfa-required"
+    extended = api.post(
+        "alice", grant_url, {"duration": "10m", "mfa_code": alice.at(api.clock.now())}
+    )
+    assert extended.status_code == 200, extended.text
+    # demo/secure asks approval again for an extension: its approvers are told.
+    assert extended.json()["pending_approval"] is True
+    assert "approval-needed" in [n["kind"] for n in inbox(api, "dan")]
+
+    emergency = ask(api, "olga", roles=["demo/emergency"], justification="db on fire INC-77")
+    grant_id = emergency.json()["grants"][0]
+    refused = api.post("olga", f"/api/v1/grants/{grant_id}/extend", {"duration": "5m"})
+    assert assert_problem(refused, 409, "conflict")["rule"] == "break-glass-extension"

@@ -153,10 +153,13 @@ def extend(
     duration: Annotated[str, typer.Option("--for", help="How much longer, e.g. 30m.")],
     reason: Annotated[str, typer.Option("--reason", "-r")] = "",
     ticket: Annotated[str | None, typer.Option()] = None,
+    mfa_code: MfaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Extend a live grant (within the role's max; may need approval)."""
     body = {"duration": duration, "justification": reason, "ticket": ticket}
+    if mfa_code:
+        body["mfa_code"] = mfa_code
     result = Client().call("POST", f"/grants/{grant_id}/extend", json=body)
     if as_json:
         show.emit_json(result)

@@ -10,9 +10,11 @@ from jitaccess.domain.errors import Conflict, Forbidden, JitAccessError, NotFoun
 from jitaccess.domain.model import Grant, GrantState, Request, new_id
 from jitaccess.domain.policy import OnExtend
 from jitaccess.domain.rules import check_requirements, extension_end
-from jitaccess.ports import Clock, Connectors, UnitOfWork
+from jitaccess.ports import Clock, Connectors, SecretBox, UnitOfWork
+from jitaccess.services.approval_flow import settle
 from jitaccess.services.context import audit, current_policy, refuse
 from jitaccess.services.grant_issuing import extend_existing
+from jitaccess.services.mfa import verify_step_up
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ def extend_grant(
     duration: timedelta,
     justification: str = "",
     ticket: str | None = None,
+    mfa_code: str | None = None,
+    box: SecretBox | None = None,
 ) -> Extension:
     now = clock.now()
     version = current_policy(uow)
@@ -52,8 +56,27 @@ def extend_grant(
             raise Forbidden(
                 f"{principal} is no longer eligible for {role.name}", rule="eligibility"
             )
+        origin = uow.requests.get(grant.request_id)
+        if origin is not None and origin.break_glass:
+            raise Conflict(
+                f"grant {grant.id} was a break-glass activation and cannot be extended; "
+                "break glass again if the emergency goes on",
+                rule="break-glass-extension",
+            )
         extension_end(role, grant.starts_at, grant.ends_at, duration)
-        check_requirements((role,), justification, ticket or None)
+        check_requirements((role,), justification, ticket or None, mfa_verified=True)
+        if role.require.mfa:
+            if box is None:
+                raise RuntimeError("MFA needs the server's secret box")
+            verify_step_up(
+                uow,
+                clock,
+                box,
+                principal=principal,
+                code=mfa_code,
+                purpose="extend",
+                subject=grant.id,
+            )
     except JitAccessError as error:
         raise refuse(uow, now, principal, "grant.extend", grant_id, error) from None
 
@@ -83,7 +106,8 @@ def extend_grant(
         assert role.approval is not None
         request.pending_until = now + role.approval.pending_ttl
         uow.requests.add(request)
-        uow.wake_worker(request.pending_until)
+        settle(uow, connectors, policy, request, now, actor="system")  # asks the approvers
+        uow.requests.save(request)
         uow.commit()
         return Extension(grant, request)
     request.approve(now)

@@ -80,6 +80,8 @@ def extend(
             duration=body.duration_value(),
             justification=body.justification,
             ticket=body.ticket,
+            mfa_code=body.mfa_code,
+            box=container.box,
         )
     request = extension.request
     return schemas.ExtensionOut(

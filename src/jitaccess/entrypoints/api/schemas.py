@@ -88,6 +88,9 @@ class Extend(Body):
     duration: str = Field(examples=DURATION_EXAMPLES)
     justification: str = ""
     ticket: str | None = None
+    mfa_code: str | None = Field(
+        default=None, description="a TOTP code, where the role requires MFA", examples=["123456"]
+    )
 
     @field_validator("duration")
     @classmethod
