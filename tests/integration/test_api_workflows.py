@@ -5,15 +5,21 @@ runs, and what each person may see."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pyotp
+import pytest
+from typer.testing import CliRunner
 
 from jitaccess.bootstrap import apply_policy_files
+from jitaccess.entrypoints import cli_access
+from jitaccess.entrypoints.cli import app as cli_app
+from jitaccess.entrypoints.cli_client import Client
 from jitaccess.services.manage_tokens import create_token
-from support.api import Api, assert_problem
+from support.api import Api, TestClient, assert_problem
 
 PEOPLE = ("alice", "bob", "dan", "carol", "erin", "sec", "frank", "olga", "mallory")
 
@@ -344,3 +350,66 @@ def test_extensions_need_mfa_where_the_role_does_and_break_glass_never_extends(
     grant_id = emergency.json()["grants"][0]
     refused = api.post("olga", f"/api/v1/grants/{grant_id}/extend", {"duration": "5m"})
     assert assert_problem(refused, 409, "conflict")["rule"] == "break-glass-extension"
+
+
+# --- the commands -----------------------------------------------------------------------------
+def run_cli(api: Api, who: str, monkeypatch: pytest.MonkeyPatch, *args: str, code: int = 0) -> str:
+    """Run a `jitaccess` API command in-process, its Client talking to the test app as `who`."""
+
+    def client() -> Client:
+        real = Client(url="http://testserver", token=api.tokens[who])
+        real.http = TestClient(
+            api.client.app, base_url="http://testserver/api/v1", headers=api.auth(who)
+        )
+        return real
+
+    monkeypatch.setattr(cli_access, "Client", client)
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(cli_app, list(args))
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_cli_dry_run_break_glass_reviews_sign_off_and_inbox(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup(api, tmp_path)
+    api.clock.advance(timedelta(hours=13))  # olga off call
+    preview = run_cli(api, "alice", monkeypatch, "request", "demo/admin", "--dry-run")
+    assert "would wait for approval" in preview
+    assert "bob, dan" in preview and "after 30m to carol" in preview
+    refused = run_cli(
+        api,
+        "alice",
+        monkeypatch,
+        "request",
+        "demo/admin",
+        "--break-glass",
+        "-r",
+        "x" * 20,
+        code=3,
+    )
+    assert "roles.demo/admin.break_glass" in refused
+    created = run_cli(
+        api,
+        "frank",
+        monkeypatch,
+        "request",
+        "demo/emergency",
+        "-r",
+        "db is down, INC-12345",
+    )
+    assert "break-glass" in created and "alerted" in created
+    listed = run_cli(api, "carol", monkeypatch, "reviews", "--state", "open", "--json")
+    (review,) = json.loads(listed)["items"]
+    assert review["principal"] == "frank"
+    assert "break-glass" in run_cli(api, "carol", monkeypatch, "notifications")
+    run_cli(api, "frank", monkeypatch, "sign-off", review["id"], "-m", "mine", code=3)
+    signed = run_cli(api, "carol", monkeypatch, "sign-off", review["id"], "-m", "checked")
+    assert "signed_off" in signed
+    assert (
+        json.loads(run_cli(api, "carol", monkeypatch, "reviews", "--state", "open", "--json"))[
+            "items"
+        ]
+        == []
+    )
