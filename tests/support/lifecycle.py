@@ -66,6 +66,7 @@ def sample_policy(
             "carol": User("carol", groups=("leads",)),
             "mallory": User("mallory", groups=("contractors",)),
             "sam": User("sam", groups=("security",)),
+            "erin": User("erin", groups=("audit",)),
         },
         targets={"demo": Target("demo", "fake")},
         roles={
@@ -86,7 +87,7 @@ def sample_policy(
         },
         eligibility=(Eligibility((group("engineers"), user("bob")), ("demo/read", "demo/admin")),),
         admins=(group("security"),),
-        auditors=(user("carol"),),
+        auditors=(user("erin"),),
     )
 
 

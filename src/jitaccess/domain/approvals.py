@@ -122,6 +122,11 @@ def count_decision(
         raise SelfApproval(
             f"{principal} requested {request.id} and cannot decide on it", rule="self-approval"
         )
+    if policy.is_auditor(principal) and not policy.is_admin(principal):
+        raise Forbidden(
+            f"{principal} is an auditor: auditors read everything and change nothing",
+            rule="auditor-read-only",
+        )
     marks = []
     decided = separated = False
     for role in _roles(policy, request) or []:

@@ -78,7 +78,7 @@ DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 @dataclass(frozen=True)
 class AllowedHours:
     """When a role may be activated: on `days` (0 = Monday), from `start` to `end` local time in
-    `tz`. An `end` at or before `start` runs past midnight into the next day."""
+    `tz`. An `end` before `start` runs past midnight into the next day (equal is refused)."""
 
     days: frozenset[int]
     start: time

@@ -18,6 +18,8 @@ def may_sign_off(policy: Policy, review: Review, principal: str) -> bool:
         return False
     if policy.is_admin(principal):
         return True
+    if policy.is_auditor(principal):  # auditors read everything and change nothing
+        return False
     return any(
         principal in policy.role_approvers(policy.roles[name])
         for name in review.roles
