@@ -195,8 +195,13 @@ class TimedConnector:
     def extend(self, access: Access) -> None:
         self.inner.extend(access)
 
-    def list_access(self) -> builtins.list[ExistingAccess]:
-        return self.inner.list_access()
+    def list_access(
+        self, governed: Sequence[Mapping[str, Any]] = ()
+    ) -> builtins.list[ExistingAccess]:
+        return self.inner.list_access(governed)
+
+    def remove(self, existing: ExistingAccess) -> None:
+        self.inner.remove(existing)
 
     def check(self) -> None:
         self.inner.check()

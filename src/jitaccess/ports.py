@@ -7,7 +7,7 @@ in-memory fakes implement them for unit tests.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +38,7 @@ class Access:
     grants: Mapping[str, Any]
     starts_at: datetime
     ends_at: datetime
+    params: Mapping[str, str] = field(default_factory=dict)  # e.g. {"ssh_public_key": "..."}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,16 @@ class Connector(Protocol):
     `revoke` returns only when the access is confirmed gone (sessions included); otherwise it
     raises `ConnectorError` and the worker retries. `provision` returns credentials to hand to
     the grantee once (or None when the access needs none).
+
+    `list_access` returns the access the target holds that jitaccess governs: accounts it
+    created, and membership in anything a role of the policy grants on this target (so access
+    added behind jitaccess's back shows up as drift). `remove` takes away one such entry found
+    by `list_access` that no grant explains (`drift: remove`).
+
+    A connector class also has `from_target(target)`, and may have `required_params` (request
+    parameters every grant on it needs, e.g. `("ssh_public_key",)`) and a static
+    `grant_problems(grants) -> list[tuple[key, reason]]` that the policy loader calls to check
+    a role's `grants` for this target type.
     """
 
     #: True when every grant gets its own account (postgres login role per grant), so grants
@@ -71,7 +82,16 @@ class Connector(Protocol):
         """Move the end of live access to `access.ends_at` (e.g. PostgreSQL VALID UNTIL)."""
         ...
 
-    def list_access(self) -> builtins.list[ExistingAccess]: ...
+    def list_access(
+        self, governed: Sequence[Mapping[str, Any]] = ()
+    ) -> builtins.list[ExistingAccess]:
+        """Accounts jitaccess made here, plus holders of anything in `governed` (the `grants`
+        of every policy role on this target) — the latter found even when made by hand."""
+        ...
+
+    def remove(self, existing: ExistingAccess) -> None:
+        """Take away access found by `list_access` that no grant explains (drift repair)."""
+        ...
 
     def check(self) -> None:
         """Raise ConnectorError when the target cannot be reached or used."""
@@ -89,6 +109,10 @@ class Connectors(Protocol):
 
     def per_grant_account(self, target: Target) -> bool:
         """Whether the target's connector type gives each grant its own account."""
+        ...
+
+    def required_params(self, target: Target) -> tuple[str, ...]:
+        """Request parameters every grant on this target needs (e.g. ssh_public_key)."""
         ...
 
 

@@ -5,6 +5,7 @@ Checks that need the whole policy (references, quorum) run in policy_yaml.py aft
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,26 @@ SCHEDULE_NAME = Rule(
 CLOCK_TIME = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 ELIGIBILITY_KEYS = ("principals", "roles", "from", "until")
 DEFAULT_DURATION = DurationPolicy(default=timedelta(hours=1), max=timedelta(hours=8))
+
+
+@functools.cache
+def _grant_checkers() -> dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]]:
+    from jitaccess.adapters.connectors.registry import connector_types
+
+    checkers = {}
+    for name, cls in connector_types().items():
+        check = getattr(cls, "grant_problems", None)
+        if callable(check):
+            checkers[name] = check
+    return checkers
+
+
+def _grant_problems(target_type: str | None, grants: dict[str, Any]) -> list[tuple[str, str]]:
+    """Problems the target type's connector finds in a role's `grants` (key, reason)."""
+    check = _grant_checkers().get(target_type or "")
+    if check is None:
+        return []
+    return list(check(grants))
 
 
 @dataclass
@@ -288,9 +309,17 @@ class FileWalk(NodeReader):
     def grants(
         self, node: Node | None, path: str, owner: Loc, target_type: str | None
     ) -> tuple[tuple[str, Any], ...]:
-        """What a role grants; postgres roles are checked key by key, other types pass through."""
+        """What a role grants; postgres roles are checked key by key here, other types by their
+        connector class's `grant_problems` (built-in and third-party alike)."""
         if target_type != "postgres":
-            return (self.plain_mapping(node, path) or ()) if node is not None else ()
+            pairs = (self.plain_mapping(node, path) or ()) if node is not None else ()
+            for key, reason in _grant_problems(target_type, dict(pairs)):
+                where = join(path, key) if key else path
+                if node is not None:
+                    self.problem(node, where, reason)
+                else:
+                    self.draft.problems.append(Loc(owner.file, owner.line, where).problem(reason))
+            return pairs
         if node is None:
             self.draft.problems.append(
                 Loc(owner.file, owner.line, path).problem(
@@ -372,7 +401,8 @@ class FileWalk(NodeReader):
 
     def clock_time(self, node: Node, path: str) -> time | None:
         value = self.text(node, path)
-        # YAML 1.1 reads an unquoted 08:00 as a sexagesimal integer: ask for quotes.
+        # YAML 1.1 reads some unquoted times (18:00, 8:00) as sexagesimal integers: ask for
+        # quotes, so every time is written the same way.
         if value is None or not isinstance(node, ScalarNode):
             return None
         matched = CLOCK_TIME.fullmatch(value)

@@ -100,6 +100,7 @@ class Request:
     auto_approved: dict[str, str] = field(default_factory=dict)  # role -> rule that fired
     escalations: list[str] = field(default_factory=list)  # "role#stage" already escalated
     next_escalation_at: datetime | None = None  # the next stage escalation not yet announced
+    params: dict[str, str] = field(default_factory=dict)  # e.g. ssh_public_key, for connectors
 
     @property
     def due_at(self) -> datetime | None:
@@ -178,6 +179,7 @@ class Grant:
     failing_since: datetime | None = None
     flagged_at: datetime | None = None
     last_error: str | None = None
+    params: dict[str, str] = field(default_factory=dict)  # from the request, for the connector
 
     @property
     def due_at(self) -> datetime | None:

@@ -4,13 +4,14 @@ deactivate, revoke, credentials, check): each is one call to the server's API.""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from jitaccess.entrypoints import cli_output as show
 from jitaccess.entrypoints.cli_app import CommentOpt, JsonOpt, app
-from jitaccess.entrypoints.cli_client import EXIT_REFUSED, Client
+from jitaccess.entrypoints.cli_client import EXIT_REFUSED, EXIT_USAGE, Client, fail
 
 # --- requests and grants (through the API) -----------------------------------------------------
 
@@ -33,6 +34,10 @@ def request_cmd(
         typer.Option("--break-glass", help="Emergency: no approval; everyone is alerted."),
     ] = False,
     mfa_code: MfaOpt = None,
+    ssh_key: Annotated[
+        Path | None,
+        typer.Option("--ssh-key", help="Your SSH public key file (ssh targets sign it)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask for one or more roles."""
@@ -46,6 +51,11 @@ def request_cmd(
         "break_glass": break_glass,
         "mfa_code": mfa_code,
     }
+    if ssh_key is not None:
+        try:
+            body["ssh_public_key"] = ssh_key.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read --ssh-key {ssh_key}: {exc}", EXIT_USAGE)
     result = Client().call("POST", "/requests", json=body, params={"dry_run": str(dry_run).lower()})
     if as_json:
         show.emit_json(result)

@@ -39,6 +39,7 @@ def access_of(policy: Policy, grant: Grant) -> Access:
         grants=role.grants_dict() if role else {},
         starts_at=grant.starts_at,
         ends_at=grant.ends_at,
+        params=dict(grant.params),
     )
 
 
@@ -84,6 +85,7 @@ def issue_grants(
             starts_at=starts_at,
             ends_at=starts_at + request.duration,
             created_at=now,
+            params=dict(request.params),
         )
         if starts_at <= now:
             grant.start_activating(now)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from jitaccess.domain import approvals
 from jitaccess.domain.durations import format_duration
-from jitaccess.domain.errors import JitAccessError
+from jitaccess.domain.errors import InvalidInput, JitAccessError
 from jitaccess.domain.model import Request, new_id
 from jitaccess.domain.policy import Policy, Role
 from jitaccess.domain.rules import (
@@ -79,6 +79,7 @@ def request_access(
     mfa_code: str | None = None,
     box: SecretBox | None = None,
     oncall: OnCall | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> Request | RequestPreview:
     now = clock.now()
     version = current_policy(uow)
@@ -96,7 +97,7 @@ def request_access(
         starts_at = check_start(start_at, now)
         if not emergency:  # an emergency does not wait for office hours
             check_allowed_hours(resolved, starts_at)
-        check_capacity(uow, policy, tuple(roles))
+        params = _check_params(policy, connectors, resolved, params or {})
         needs_mfa = any(role.require.mfa for role in resolved)
         auto = (
             {}
@@ -104,6 +105,7 @@ def request_access(
             else _auto_approvals(policy, resolved, requester, asked, ticket, now, oncall)
         )
         if dry_run:
+            check_capacity(uow, policy, tuple(roles))
             return preview(
                 policy, requester, resolved, asked, starts_at, needs_mfa, auto, emergency
             )
@@ -119,6 +121,8 @@ def request_access(
                 purpose="request",
                 subject=",".join(roles),
             )
+        # After the MFA row: every writer takes an MFA row before a role lock, never after.
+        check_capacity(uow, policy, tuple(roles))
     except JitAccessError as error:
         if dry_run:
             raise
@@ -146,6 +150,7 @@ def request_access(
         partial=partial and len(roles) > 1,
         break_glass=emergency,
         auto_approved=auto,
+        params=dict(params),
     )
     audit(
         uow,
@@ -197,6 +202,29 @@ def request_access(
     uow.requests.save(request)
     uow.commit()
     return request
+
+
+MAX_PARAM = 16_384
+
+
+def _check_params(
+    policy: Policy, connectors: Connectors, roles: tuple[Role, ...], given: Mapping[str, str]
+) -> dict[str, str]:
+    """Keep the parameters the roles' targets need; refuse a missing or oversized one."""
+    needed: dict[str, str] = {}
+    for role in roles:
+        target = policy.targets.get(role.target)
+        for name in connectors.required_params(target) if target else ():
+            needed.setdefault(name, role.name)
+    for name, role_name in needed.items():
+        value = given.get(name)
+        if not value or not value.strip():
+            raise InvalidInput(f"{role_name} needs {name} (e.g. --ssh-key PATH)", field=name)
+        if len(value) > MAX_PARAM or "\n" in value.strip():
+            raise InvalidInput(
+                f"{name} must be one line of at most {MAX_PARAM} characters", field=name
+            )
+    return {name: given[name].strip() for name in needed}
 
 
 def on_call_now(

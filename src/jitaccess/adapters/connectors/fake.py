@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from jitaccess.domain.errors import ConnectorError
 from jitaccess.domain.policy import Target
@@ -59,12 +61,34 @@ class FakeConnector:
         with self._lock:
             return f"{principal}@{role}" in self.present
 
-    def list_access(self) -> list[ExistingAccess]:
+    def list_access(self, governed: Sequence[Mapping[str, Any]] = ()) -> list[ExistingAccess]:
         with self._lock:
             return [
-                ExistingAccess(principal=a.principal, account=k, grant_id=a.grant_id)
+                ExistingAccess(principal=a.principal, account=k, grant_id=a.grant_id or None)
                 for k, a in self.present.items()
             ]
+
+    def remove(self, existing: ExistingAccess) -> None:
+        with self._lock:
+            self.calls.append(("remove", existing.account))
+            if self.failing:
+                raise ConnectorError("fake target is down")
+            self.present.pop(existing.account, None)
+
+    def plant(self, principal: str, role: str) -> str:
+        """Create access behind jitaccess's back (for drift tests); returns the account."""
+        account = f"{principal}@{role}"
+        with self._lock:
+            self.present[account] = Access(
+                grant_id="",
+                principal=principal,
+                role=role,
+                target=self.target.name if self.target else "",
+                grants={},
+                starts_at=datetime.min.replace(tzinfo=UTC),
+                ends_at=datetime.max.replace(tzinfo=UTC),
+            )
+        return account
 
     def check(self) -> None:
         if self.failing:
@@ -83,3 +107,6 @@ class FakeConnectors:
 
     def per_grant_account(self, target: Target) -> bool:
         return self._per_grant_account
+
+    def required_params(self, target: Target) -> tuple[str, ...]:
+        return ()

@@ -56,6 +56,12 @@ class ConnectorRegistry:
     def per_grant_account(self, target: Target) -> bool:
         return bool(self._type(target).per_grant_account)
 
+    def required_params(self, target: Target) -> tuple[str, ...]:
+        return tuple(getattr(self._type(target), "required_params", ()))
+
+    def types(self) -> dict[str, ConnectorClass]:
+        return dict(self._types)
+
     def close(self) -> None:
         with self._lock:
             for instance in self._instances.values():

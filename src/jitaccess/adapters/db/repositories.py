@@ -63,6 +63,7 @@ def _request_row(request: Request) -> dict[str, Any]:
         "auto_approved": dict(request.auto_approved),
         "escalations": list(request.escalations),
         "next_escalation_at": request.next_escalation_at,
+        "params": dict(request.params),
     }
 
 
@@ -98,6 +99,7 @@ def _request_from(row: Row[Any]) -> Request:
         auto_approved=dict(m["auto_approved"] or {}),
         escalations=list(m["escalations"] or []),
         next_escalation_at=m["next_escalation_at"],
+        params=dict(m["params"] or {}),
     )
 
 
@@ -169,6 +171,7 @@ def _grant_row(grant: Grant) -> dict[str, Any]:
     row["state"] = grant.state.value
     row["end_reason"] = grant.end_reason.value if grant.end_reason else None
     row["due_at"] = grant.due_at
+    row["params"] = dict(grant.params)
     return row
 
 
@@ -179,10 +182,11 @@ def _grant_from(row: Row[Any]) -> Grant:
         **values,
         state=GrantState(m["state"]),
         end_reason=EndReason(m["end_reason"]) if m["end_reason"] else None,
+        params=dict(m["params"] or {}),
     )
 
 
-_GRANT_COLUMNS = [grants.c[name] for name in (*_GRANT_FIELDS, "state", "end_reason")]
+_GRANT_COLUMNS = [grants.c[name] for name in (*_GRANT_FIELDS, "state", "end_reason", "params")]
 
 
 class SqlGrants:

@@ -66,6 +66,7 @@ requests = Table(
     Column("auto_approved", JSON),
     Column("escalations", JSON),
     Column("next_escalation_at", UTCDateTime),
+    Column("params", JSON),
 )
 
 grants = Table(
@@ -93,6 +94,7 @@ grants = Table(
     Column("due_at", UTCDateTime, index=True),
     Column("credentials", LargeBinary),
     Column("credentials_fetched_at", UTCDateTime),
+    Column("params", JSON),
     Index("ix_grants_principal_role", "principal", "role"),
 )
 
@@ -186,4 +188,43 @@ notifications = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("data", JSON, nullable=False),
     Index("ix_notifications_recipient_created", "recipient", "created_at"),
+)
+
+drift_findings = Table(
+    "drift_findings",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("target", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # unexplained | missing
+    Column("account", String(300), nullable=False),
+    Column("principal", String(64)),
+    Column("grant_id", String(40)),
+    Column("detail", JSON, nullable=False),
+    Column("found_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("state", String(16), nullable=False, index=True),  # open | removed | repaired | gone
+    Column("resolved_at", UTCDateTime),
+    Index("ix_drift_target_account", "target", "account", "kind"),
+)
+
+target_health = Table(
+    "target_health",
+    metadata,
+    Column("target", String(64), primary_key=True),
+    Column("type", String(64), nullable=False),
+    Column("checked_at", UTCDateTime, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("error", Text),
+    Column("reconciled_at", UTCDateTime),
+)
+
+# One row per periodic job: a worker takes a run by moving next_run_at ahead in one UPDATE,
+# so of N workers exactly one runs each job when it is due.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("next_run_at", UTCDateTime, nullable=False),
+    Column("last_run_at", UTCDateTime),
+    Column("last_result", JSON),
 )

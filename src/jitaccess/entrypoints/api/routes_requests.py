@@ -59,6 +59,7 @@ def create_request(
                 mfa_code=body.mfa_code,
                 box=container.box,
                 oncall=container.oncall,
+                params={"ssh_public_key": body.ssh_public_key} if body.ssh_public_key else None,
             )
     except JitAccessError:
         if not dry_run:

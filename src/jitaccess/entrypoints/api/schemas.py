@@ -63,6 +63,12 @@ class RequestCreate(Body):
     mfa_code: str | None = Field(
         default=None, description="a TOTP code, where a role requires MFA", examples=["123456"]
     )
+    ssh_public_key: str | None = Field(
+        default=None,
+        max_length=16_384,
+        description="an OpenSSH public key line; the grant's certificate (ssh targets) signs it",
+        examples=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... alice@laptop"],
+    )
 
     @field_validator("duration")
     @classmethod
