@@ -203,6 +203,9 @@ class TimedConnector:
     def remove(self, existing: ExistingAccess) -> None:
         self.inner.remove(existing)
 
+    def account_of(self, access: Access) -> str:
+        return self.inner.account_of(access)
+
     def check(self) -> None:
         self.inner.check()
 

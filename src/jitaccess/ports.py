@@ -93,6 +93,10 @@ class Connector(Protocol):
         """Take away access found by `list_access` that no grant explains (drift repair)."""
         ...
 
+    def account_of(self, access: Access) -> str:
+        """The `account` name `list_access` reports for this grant's access."""
+        ...
+
     def check(self) -> None:
         """Raise ConnectorError when the target cannot be reached or used."""
         ...

@@ -34,6 +34,9 @@ class FakeConnector:
     def account(access: Access) -> str:
         return f"{access.principal}@{access.role}"
 
+    def account_of(self, access: Access) -> str:
+        return self.account(access)
+
     def provision(self, access: Access) -> Mapping[str, str] | None:
         with self._lock:
             self.calls.append(("provision", access.grant_id))

@@ -4,6 +4,7 @@ the `jitaccess.connectors` entry-point group; a class there needs `from_target(t
 
 from __future__ import annotations
 
+import logging
 import threading
 from importlib.metadata import entry_points
 from typing import Any, Protocol, cast
@@ -13,6 +14,7 @@ from jitaccess.domain.policy import Target
 from jitaccess.ports import Connector
 
 GROUP = "jitaccess.connectors"
+log = logging.getLogger(__name__)
 
 
 class ConnectorClass(Protocol):
@@ -22,7 +24,15 @@ class ConnectorClass(Protocol):
 
 
 def connector_types() -> dict[str, ConnectorClass]:
-    return {ep.name: cast(ConnectorClass, ep.load()) for ep in entry_points(group=GROUP)}
+    """Every installed connector type. One that fails to import is left out and logged, so a
+    broken plugin stops only the targets of its own type (they fail with a clear error)."""
+    found: dict[str, ConnectorClass] = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            found[ep.name] = cast(ConnectorClass, ep.load())
+        except Exception as error:
+            log.error("connector type %r (%s) cannot be loaded: %s", ep.name, ep.value, error)
+    return found
 
 
 class ConnectorRegistry:
