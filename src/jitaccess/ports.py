@@ -205,6 +205,10 @@ class GrantRepository(Protocol):
 
     def live_for(self, principal: str, role: str) -> builtins.list[Grant]: ...
 
+    def live_on(self, target: str) -> builtins.list[Grant]:
+        """Grants on `target` not yet ended."""
+        ...
+
     def count_live(self, role: str) -> int:
         """Grants of `role` not yet ended (scheduled, activating, active, revoking)."""
         ...
@@ -308,6 +312,60 @@ class NotificationRepository(Protocol):
         ...
 
 
+@dataclass
+class DriftFinding:
+    """Access in a target that no grant explains (`unexplained`), or a grant whose access the
+    target no longer has (`missing`)."""
+
+    id: str
+    target: str
+    kind: str  # unexplained | missing
+    account: str
+    found_at: datetime
+    last_seen_at: datetime
+    principal: str | None = None
+    grant_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    state: str = "open"  # open | removed | repaired | gone
+    resolved_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TargetHealth:
+    target: str
+    type: str
+    checked_at: datetime
+    ok: bool
+    error: str | None = None
+    reconciled_at: datetime | None = None
+
+
+class DriftRepository(Protocol):
+    def add(self, finding: DriftFinding) -> None: ...
+
+    def save(self, finding: DriftFinding) -> None: ...
+
+    def open_for(self, target: str) -> builtins.list[DriftFinding]: ...
+
+    def list(
+        self, *, state: str | None = None, target: str | None = None, limit: int = 500
+    ) -> builtins.list[DriftFinding]: ...
+
+
+class OpsRepository(Protocol):
+    """Target health and the schedule of periodic jobs."""
+
+    def save_health(self, health: TargetHealth) -> None: ...
+
+    def health(self) -> builtins.list[TargetHealth]: ...
+
+    def claim_job(self, name: str, now: datetime, next_run_at: datetime) -> bool:
+        """Take the job's run due at `now` (at most one caller wins), setting the next one."""
+        ...
+
+    def finish_job(self, name: str, result: Mapping[str, Any]) -> None: ...
+
+
 class OnCall(Protocol):
     """Reads on-call schedule files named by policy."""
 
@@ -346,6 +404,12 @@ class UnitOfWork(Protocol):
 
     @property
     def notifications(self) -> NotificationRepository: ...
+
+    @property
+    def drift(self) -> DriftRepository: ...
+
+    @property
+    def ops(self) -> OpsRepository: ...
 
     def lock_role(self, role: str) -> None:
         """Serialise writers that count a role's live grants (max_active) until commit."""

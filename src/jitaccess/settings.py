@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     worker_max_sleep_seconds: float = Field(default=60.0, gt=0)
     flag_after_seconds: float = Field(default=300.0, ge=0)
     retry_cap_seconds: float = Field(default=60.0, gt=0)
+    # Periodic jobs (0 turns one off); of several workers, one runs each job per interval.
+    health_interval_seconds: float = Field(default=60.0, ge=0)
+    reconcile_interval_seconds: float = Field(default=300.0, ge=0)
     run_worker: bool = True
     log_level: str = "info"
 

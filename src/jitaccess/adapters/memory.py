@@ -7,10 +7,11 @@ from __future__ import annotations
 import builtins
 import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from jitaccess.audit.chain import GENESIS, seal
 from jitaccess.domain.mfa import MfaEnrollment
@@ -22,7 +23,15 @@ from jitaccess.domain.model import (
     RequestState,
     Review,
 )
-from jitaccess.ports import ApiToken, AuditEntry, AuditRecord, Notification, PolicyVersion
+from jitaccess.ports import (
+    ApiToken,
+    AuditEntry,
+    AuditRecord,
+    DriftFinding,
+    Notification,
+    PolicyVersion,
+    TargetHealth,
+)
 
 _TABLES = (
     "requests",
@@ -34,6 +43,9 @@ _TABLES = (
     "mfa",
     "reviews",
     "notifications",
+    "drift",
+    "health",
+    "jobs",
 )
 
 
@@ -48,6 +60,9 @@ class MemoryStore:
     mfa: dict[str, MfaEnrollment] = field(default_factory=dict)
     reviews: dict[str, Review] = field(default_factory=dict)
     notifications: list[Notification] = field(default_factory=list)
+    drift: dict[str, DriftFinding] = field(default_factory=dict)
+    health: dict[str, TargetHealth] = field(default_factory=dict)
+    jobs: dict[str, datetime] = field(default_factory=dict)
     wakeups: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -137,6 +152,11 @@ class _Grants:
                 for g in self.store.grants.values()
                 if g.principal == principal and g.role == role and g.state in LIVE_GRANT_STATES
             ]
+        )
+
+    def live_on(self, target: str) -> builtins.list[Grant]:
+        return copy.deepcopy(
+            [g for g in self.store.grants.values() if g.target == target and g.is_live]
         )
 
     def count_live(self, role: str) -> int:
@@ -279,6 +299,54 @@ class _Notifications:
         return rows[:limit]
 
 
+class _Drift:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def add(self, finding: DriftFinding) -> None:
+        self.store.drift[finding.id] = copy.deepcopy(finding)
+
+    def save(self, finding: DriftFinding) -> None:
+        self.store.drift[finding.id] = copy.deepcopy(finding)
+
+    def open_for(self, target: str) -> builtins.list[DriftFinding]:
+        return copy.deepcopy(
+            [f for f in self.store.drift.values() if f.target == target and f.state == "open"]
+        )
+
+    def list(
+        self, *, state: str | None = None, target: str | None = None, limit: int = 500
+    ) -> builtins.list[DriftFinding]:
+        rows = [
+            f
+            for f in self.store.drift.values()
+            if state in (None, f.state) and target in (None, f.target)
+        ]
+        rows.sort(key=lambda f: f.last_seen_at, reverse=True)
+        return copy.deepcopy(rows[:limit])
+
+
+class _Ops:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def save_health(self, health: TargetHealth) -> None:
+        self.store.health[health.target] = health
+
+    def health(self) -> builtins.list[TargetHealth]:
+        return sorted(self.store.health.values(), key=lambda h: h.target)
+
+    def claim_job(self, name: str, now: datetime, next_run_at: datetime) -> bool:
+        due = self.store.jobs.get(name)
+        if due is not None and due > now:
+            return False
+        self.store.jobs[name] = next_run_at
+        return True
+
+    def finish_job(self, name: str, result: Mapping[str, Any]) -> None:
+        """Results are not kept in memory."""
+
+
 class MemoryUnitOfWork:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
@@ -290,6 +358,8 @@ class MemoryUnitOfWork:
         self.mfa = _Mfa(store)
         self.reviews = _Reviews(store)
         self.notifications = _Notifications(store)
+        self.drift = _Drift(store)
+        self.ops = _Ops(store)
         self._snapshot: dict[str, object] = {}
         self._wake = False
 
@@ -326,7 +396,7 @@ class MemoryUnitOfWork:
 
     def _rebind(self) -> None:
         repos = (self.requests, self.grants, self.audit, self.policies, self.tokens)
-        for repo in (*repos, self.mfa, self.reviews, self.notifications):
+        for repo in (*repos, self.mfa, self.reviews, self.notifications, self.drift, self.ops):
             repo.store = self.store
 
     def wake_worker(self, due: datetime | None = None) -> None:

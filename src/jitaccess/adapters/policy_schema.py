@@ -37,6 +37,7 @@ from jitaccess.domain.policy import (
     AutoApproveRule,
     BreakGlassPolicy,
     ConnectionRef,
+    DriftAction,
     DurationPolicy,
     Eligibility,
     OnCallSchedule,
@@ -69,7 +70,7 @@ EMAIL = Rule(re.compile(r"[^@\s]+@[^@\s]+"), "an address like alice@example.com"
 TOP_KEYS: tuple[str, ...] = ("version", "admins", "auditors", "users", "targets", "roles")
 TOP_KEYS += ("eligibility", "schedules", "break_glass")
 USER_KEYS = ("email", "groups", "kind", "break_glass")
-TARGET_KEYS = ("type", "connection", "options")
+TARGET_KEYS = ("type", "connection", "options", "drift")
 ROLE_KEYS: tuple[str, ...] = ("target", "grants", "duration", "require", "approval")
 ROLE_KEYS += ("description", "max_active", "break_glass")
 DURATION_KEYS = ("default", "max", "min")
@@ -263,8 +264,16 @@ class FileWalk(NodeReader):
                 f"a {kind!r} target needs connection: {{env: VAR}} or {{file: PATH}}",
             )
         options = self.get(fields, "options", path, self.plain_mapping) or ()
-        target = Target(name, kind, connection, options)
+        drift = self.get(fields, "drift", path, self.drift_action) or DriftAction.REPORT
+        target = Target(name, kind, connection, options, drift)
         self.draft.targets[name] = (target, self.loc(key_node, path))
+
+    def drift_action(self, node: Node, path: str) -> DriftAction | None:
+        value = self.text(node, path)
+        if value is not None and value not in ("report", "remove"):
+            self.problem(node, path, f"must be report or remove, not {value!r}")
+            return None
+        return DriftAction(value) if value else None
 
     def connection(self, node: Node, path: str) -> ConnectionRef | None:
         if isinstance(node, ScalarNode) and not is_tag(node, NULL):

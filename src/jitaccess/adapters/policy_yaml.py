@@ -25,6 +25,7 @@ from jitaccess.domain.policy import (
     ApprovalPolicy,
     AutoApproveRule,
     BreakGlassPolicy,
+    DriftAction,
     OnCallSchedule,
     Policy,
     PrincipalRef,
@@ -327,7 +328,12 @@ def _target(target: Target) -> dict[str, Any]:
     if target.connection is not None:
         connection = _optional({"env": target.connection.env, "file": target.connection.file})
     return _optional(
-        {"type": target.type, "connection": connection, "options": _pairs(target.options)}
+        {
+            "type": target.type,
+            "connection": connection,
+            "options": _pairs(target.options),
+            "drift": target.drift.value if target.drift != DriftAction.REPORT else None,
+        }
     )
 
 

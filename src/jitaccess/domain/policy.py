@@ -57,12 +57,18 @@ class ConnectionRef:
         return f"env:{self.env}" if self.env else f"file:{self.file}"
 
 
+class DriftAction(StrEnum):
+    REPORT = "report"  # alert and audit access no grant explains
+    REMOVE = "remove"  # ... and take it away
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
     type: str
     connection: ConnectionRef | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    drift: DriftAction = DriftAction.REPORT
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def db_upgrade() -> None:
 
 # The other commands register themselves on the apps when imported; importing them after the
 # server commands keeps the order `jitaccess --help` lists them in.
-from jitaccess.entrypoints import cli_access, cli_admin, cli_audit, cli_mfa  # noqa: E402, F401
+from jitaccess.entrypoints import cli_access, cli_admin, cli_audit, cli_mfa, cli_targets  # noqa: E402, F401
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from datetime import timedelta
@@ -21,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from jitaccess.adapters.db.unit_of_work import NOTIFY_CHANNEL, PROCESS_TOKEN, parse_payload
 from jitaccess.bootstrap import Container
 from jitaccess.domain.errors import Unavailable
+from jitaccess.services.reconcile import check_targets, reconcile
 from jitaccess.services.run_due_work import WorkerOptions, WorkReport, run_due_work
 
 log = logging.getLogger("jitaccess.worker")
@@ -52,6 +54,8 @@ class Worker:
         self._spawn(self.run, "jit-worker")
         if self.container.engine.dialect.name == "postgresql":
             self._spawn(self._listen, "jit-listen")
+        if self.jobs():
+            self._spawn(self._run_jobs, "jit-jobs")
 
     def _spawn(self, target: object, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
@@ -117,6 +121,59 @@ class Worker:
             return cap
         wait = (due - self.container.clock.now()).total_seconds()
         return max(0.0, min(cap, wait + 0.001))
+
+    # --- periodic jobs -------------------------------------------------------------------------
+    def jobs(self) -> list[tuple[str, float, Callable[[], dict[str, object]]]]:
+        s, c = self.container.settings, self.container
+
+        def health() -> dict[str, object]:
+            checked = check_targets(c.uow, c.clock, c.connectors)
+            return {"targets": len(checked), "failing": [h.target for h in checked if not h.ok]}
+
+        def drift() -> dict[str, object]:
+            report = reconcile(c.uow, c.clock, c.connectors)
+            return {
+                "unexplained": report.unexplained,
+                "removed": report.removed,
+                "missing": report.missing,
+                "failing": [t.target for t in report.targets if not t.ok],
+            }
+
+        every = [
+            ("target-health", s.health_interval_seconds, health),
+            ("reconcile", s.reconcile_interval_seconds, drift),
+        ]
+        return [job for job in every if job[1] > 0]
+
+    def run_jobs_once(self) -> list[str]:
+        """Run each periodic job this worker wins the claim for; the names of those run."""
+        ran = []
+        for name, interval, work in self.jobs():
+            with self.container.uow() as uow:
+                now = self.container.clock.now()
+                won = uow.ops.claim_job(name, now, now + timedelta(seconds=interval))
+                uow.commit()
+            if not won:
+                continue
+            try:
+                result = work()
+            except Exception as error:
+                log.exception("periodic job %s failed", name)
+                result = {"error": f"{type(error).__name__}: {error}"[:500]}
+            with self.container.uow() as uow:
+                uow.ops.finish_job(name, result)
+                uow.commit()
+            ran.append(name)
+        return ran
+
+    def _run_jobs(self) -> None:
+        shortest = min(interval for _, interval, _ in self.jobs())
+        while not self.stop.is_set():
+            try:
+                self.run_jobs_once()
+            except Exception:
+                log.exception("periodic jobs failed; trying again later")
+            self.stop.wait(min(5.0, shortest))
 
     def _listen(self) -> None:
         """Forward PostgreSQL notifications on the due channel to the wake event."""

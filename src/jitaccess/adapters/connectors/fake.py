@@ -66,6 +66,8 @@ class FakeConnector:
 
     def list_access(self, governed: Sequence[Mapping[str, Any]] = ()) -> list[ExistingAccess]:
         with self._lock:
+            if self.failing:
+                raise ConnectorError("fake target is down")
             return [
                 ExistingAccess(principal=a.principal, account=k, grant_id=a.grant_id or None)
                 for k, a in self.present.items()

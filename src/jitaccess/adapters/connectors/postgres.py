@@ -9,7 +9,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC
 from pathlib import Path
@@ -188,7 +188,9 @@ class PostgresConnector:
 
         self._run(move_end)
 
-    def list_access(self) -> list[ExistingAccess]:
+    def list_access(self, governed: Sequence[Mapping[str, Any]] = ()) -> list[ExistingAccess]:
+        """Every `jit_` role, plus every other role that is a member of a governed role (one a
+        policy role grants here): membership added by hand shows up as drift."""
         rows = self._run(
             lambda conn: conn.execute(
                 """
@@ -211,7 +213,64 @@ class PostgresConnector:
                 (marker["principal"], marker["grant_id"]) if marker else (None, None)
             )
             found.append(ExistingAccess(principal, rolname, grant_id, detail))
+        roles = sorted({r for grants in governed for r in grants.get("postgres_roles", ())})
+        if roles:
+            holders = self._run(
+                lambda conn: conn.execute(
+                    """
+                    SELECT m.rolname, array_agg(g.rolname::text ORDER BY g.rolname)
+                    FROM pg_auth_members am
+                    JOIN pg_roles g ON g.oid = am.roleid
+                    JOIN pg_roles m ON m.oid = am.member
+                    WHERE g.rolname = ANY(%s) AND left(m.rolname, length(%s)) <> %s
+                      AND m.rolname <> current_user
+                    GROUP BY m.rolname ORDER BY m.rolname
+                    """,
+                    [roles, ROLE_PREFIX, ROLE_PREFIX],
+                ).fetchall()
+            )
+            for member, member_of in holders:
+                detail = {"member_of": member_of, "hand_made": True}
+                found.append(ExistingAccess(None, member, None, detail))
         return found
+
+    def remove(self, existing: ExistingAccess) -> None:
+        """Drift repair: a `jit_` role no grant explains is revoked like a grant (sessions
+        ended, dropped); a hand-made member loses the governed roles, and keeps existing."""
+        if existing.account.startswith(ROLE_PREFIX):
+            grant_id = existing.grant_id or ""
+            role_oid = self._run(lambda conn: self._disable_any(conn, existing.account, grant_id))
+            if role_oid is None:
+                return
+            self._run(lambda conn: self._end_sessions(conn, existing.account, role_oid))
+            for dbname in self._run(_connectable_databases):
+                self._clear_database(dbname, existing.account)
+            self._run(lambda conn: self._drop(conn, existing.account, role_oid))
+            log.info("removed role %s (drift)", existing.account)
+            return
+        member_of = [str(r) for r in existing.detail.get("member_of", ())]
+
+        def take_away(conn: Connection) -> None:
+            for role in member_of:
+                conn.execute(
+                    sql.SQL("REVOKE {} FROM {}").format(
+                        sql.Identifier(role), sql.Identifier(existing.account)
+                    )
+                )
+
+        self._run(take_away)
+        log.info("revoked %s from %s (drift)", ", ".join(member_of), existing.account)
+
+    def account_of(self, access: Access) -> str:
+        return login_role_name(access.principal, access.grant_id)
+
+    def _disable_any(self, conn: Connection, name: str, grant_id: str) -> int | None:
+        """Like _disable, for a role found by list_access whatever grant its comment names."""
+        with conn.transaction():
+            found = _find_role(conn, name)
+            if found is None:
+                return None
+            return self._disable(conn, name, found[1] or grant_id)
 
     def check(self) -> None:
         row = self._run(

@@ -244,6 +244,13 @@ class SqlGrants:
         )
         return [_grant_from(r) for r in self.conn.execute(query)]
 
+    def live_on(self, target: str) -> builtins.list[Grant]:
+        query = self._select().where(
+            grants.c.target == target,
+            grants.c.state.in_([s.value for s in LIVE_GRANT_STATES]),
+        )
+        return [_grant_from(r) for r in self.conn.execute(query)]
+
     def count_live(self, role: str) -> int:
         query = select(func.count()).where(
             grants.c.role == role, grants.c.state.in_([s.value for s in LIVE_GRANT_STATES])

@@ -23,7 +23,13 @@ from jitaccess.adapters.db.audit_repository import SqlAudit
 from jitaccess.adapters.db.policy_repository import SqlPolicies
 from jitaccess.adapters.db.repositories import SqlGrants, SqlRequests
 from jitaccess.adapters.db.token_repository import SqlTokens
-from jitaccess.adapters.db.workflow_repositories import SqlMfa, SqlNotifications, SqlReviews
+from jitaccess.adapters.db.workflow_repositories import (
+    SqlDrift,
+    SqlMfa,
+    SqlNotifications,
+    SqlOps,
+    SqlReviews,
+)
 from jitaccess.domain.errors import AuditWriteFailed, Unavailable
 
 NOTIFY_CHANNEL = "jitaccess_due"
@@ -133,6 +139,8 @@ class SqlUnitOfWork:
         self.mfa = SqlMfa(self.conn)
         self.reviews = SqlReviews(self.conn)
         self.notifications = SqlNotifications(self.conn)
+        self.drift = SqlDrift(self.conn)
+        self.ops = SqlOps(self.conn)
         return self
 
     def __exit__(

@@ -1,17 +1,28 @@
-"""MFA enrollments, post-incident reviews and the notification inbox over SQLAlchemy Core."""
+"""MFA enrollments, reviews, the notification inbox, drift findings, target health and
+periodic jobs over SQLAlchemy Core."""
 
 from __future__ import annotations
 
 import builtins
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, delete, select, update
+from sqlalchemy.exc import IntegrityError
 
-from jitaccess.adapters.db.tables import mfa_enrollments, notifications, reviews
+from jitaccess.adapters.db.tables import (
+    drift_findings,
+    jobs,
+    mfa_enrollments,
+    notifications,
+    reviews,
+    target_health,
+)
 from jitaccess.domain.mfa import MfaEnrollment
 from jitaccess.domain.model import Review, ReviewState
-from jitaccess.ports import Notification
+from jitaccess.ports import DriftFinding, Notification, TargetHealth
 
 
 class SqlMfa:
@@ -100,3 +111,84 @@ class SqlNotifications:
         if since is not None:
             query = query.where(notifications.c.created_at >= since)
         return [Notification(**dict(r._mapping)) for r in self.conn.execute(query)]
+
+
+class SqlDrift:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(self, finding: DriftFinding) -> None:
+        values = dict(finding.__dict__)
+        values["detail"] = _jsonable(finding.detail)
+        self.conn.execute(drift_findings.insert().values(**values))
+
+    def save(self, finding: DriftFinding) -> None:
+        values = dict(finding.__dict__)
+        values["detail"] = _jsonable(finding.detail)
+        del values["id"]
+        self.conn.execute(
+            update(drift_findings).where(drift_findings.c.id == finding.id).values(**values)
+        )
+
+    def open_for(self, target: str) -> builtins.list[DriftFinding]:
+        query = select(drift_findings).where(
+            drift_findings.c.target == target, drift_findings.c.state == "open"
+        )
+        return [DriftFinding(**dict(r._mapping)) for r in self.conn.execute(query)]
+
+    def list(
+        self, *, state: str | None = None, target: str | None = None, limit: int = 500
+    ) -> builtins.list[DriftFinding]:
+        query = select(drift_findings).order_by(drift_findings.c.last_seen_at.desc()).limit(limit)
+        if state is not None:
+            query = query.where(drift_findings.c.state == state)
+        if target is not None:
+            query = query.where(drift_findings.c.target == target)
+        return [DriftFinding(**dict(r._mapping)) for r in self.conn.execute(query)]
+
+
+def _jsonable(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """Connector details as JSON: datetimes as ISO text, other odd values as text."""
+    return json.loads(json.dumps(dict(detail), default=str))  # type: ignore[no-any-return]
+
+
+class SqlOps:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def save_health(self, health: TargetHealth) -> None:
+        values = dict(health.__dict__)
+        done = self.conn.execute(
+            update(target_health).where(target_health.c.target == health.target).values(**values)
+        )
+        if done.rowcount == 0:
+            self.conn.execute(target_health.insert().values(**values))
+
+    def health(self) -> builtins.list[TargetHealth]:
+        query = select(target_health).order_by(target_health.c.target)
+        return [TargetHealth(**dict(r._mapping)) for r in self.conn.execute(query)]
+
+    def claim_job(self, name: str, now: datetime, next_run_at: datetime) -> bool:
+        taken = self.conn.execute(
+            update(jobs)
+            .where(jobs.c.name == name, jobs.c.next_run_at <= now)
+            .values(next_run_at=next_run_at, last_run_at=now)
+        )
+        if taken.rowcount == 1:
+            return True
+        exists = self.conn.execute(select(jobs.c.name).where(jobs.c.name == name)).first()
+        if exists is not None:
+            return False
+        try:
+            with self.conn.begin_nested():
+                self.conn.execute(
+                    jobs.insert().values(name=name, next_run_at=next_run_at, last_run_at=now)
+                )
+        except IntegrityError:
+            return False  # another worker created it first and runs it
+        return True
+
+    def finish_job(self, name: str, result: Mapping[str, Any]) -> None:
+        self.conn.execute(
+            update(jobs).where(jobs.c.name == name).values(last_result=_jsonable(result))
+        )

@@ -13,6 +13,7 @@ from jitaccess.entrypoints.api import (
     routes_ops,
     routes_requests,
     routes_reviews,
+    routes_targets,
 )
 from jitaccess.entrypoints.api.metrics import HttpMetricsMiddleware, Metrics
 from jitaccess.entrypoints.api.problems import UnhandledErrorMiddleware, install_problem_handlers
@@ -30,7 +31,7 @@ def create_app(container: Container) -> FastAPI:
     app.state.metrics = metrics = Metrics(container.uow)
     install_problem_handlers(app)
     modules = (routes_requests, routes_grants, routes_reviews, routes_admin, routes_mfa)
-    for module in (*modules, routes_ops):
+    for module in (*modules, routes_targets, routes_ops):
         app.include_router(module.router)
     # Added last is outermost: metrics also count the 500s the error middleware produces.
     app.add_middleware(UnhandledErrorMiddleware)

@@ -37,3 +37,8 @@ def require_reader(uow: UnitOfWork, principal: str) -> None:
     """Only admins and auditors read everything (the audit log, other people's access)."""
     if not current_policy(uow).policy.can_read_everything(principal):
         raise Forbidden("only admins and auditors can read this", rule="not-an-admin-or-auditor")
+
+
+def require_admin(uow: UnitOfWork, principal: str) -> None:
+    if not current_policy(uow).policy.is_admin(principal):
+        raise Forbidden("only admins can do this", rule="not-an-admin")

@@ -20,8 +20,10 @@ from jitaccess.domain.model import (
     Review,
     ReviewState,
 )
-from jitaccess.ports import Notification
+from jitaccess.domain.policy import Target
+from jitaccess.ports import DriftFinding, Notification, TargetHealth
 from jitaccess.services.check_access import AccessCheck
+from jitaccess.services.reconcile import ReconcileReport
 from jitaccess.services.request_access import RequestPreview
 
 
@@ -406,3 +408,92 @@ class Problem(BaseModel):
 
 class Status(BaseModel):
     status: str
+
+
+class TargetOut(BaseModel):
+    name: str
+    type: str
+    drift: str
+    checked_at: UtcDatetime | None
+    ok: bool | None
+    error: str | None
+    reconciled_at: UtcDatetime | None
+    open_drift: int
+
+    @classmethod
+    def of(cls, target: Target, health: TargetHealth | None, open_drift: int) -> TargetOut:
+        return cls(
+            name=target.name,
+            type=target.type,
+            drift=target.drift.value,
+            checked_at=health.checked_at if health else None,
+            ok=health.ok if health else None,
+            error=health.error if health else None,
+            reconciled_at=health.reconciled_at if health else None,
+            open_drift=open_drift,
+        )
+
+
+class TargetList(BaseModel):
+    items: list[TargetOut]
+
+
+class DriftOut(BaseModel):
+    id: str
+    target: str
+    kind: str
+    account: str
+    principal: str | None
+    grant_id: str | None
+    detail: dict[str, Any]
+    found_at: UtcDatetime
+    last_seen_at: UtcDatetime
+    state: str
+    resolved_at: UtcDatetime | None
+
+    @classmethod
+    def of(cls, finding: DriftFinding) -> DriftOut:
+        return cls(
+            id=finding.id,
+            target=finding.target,
+            kind=finding.kind,
+            account=finding.account,
+            principal=finding.principal,
+            grant_id=finding.grant_id,
+            detail=dict(finding.detail),
+            found_at=finding.found_at,
+            last_seen_at=finding.last_seen_at,
+            state=finding.state,
+            resolved_at=finding.resolved_at,
+        )
+
+
+class DriftList(BaseModel):
+    items: list[DriftOut]
+
+
+class TargetReportOut(BaseModel):
+    target: str
+    ok: bool
+    error: str | None
+    skipped: bool
+    listed: int
+    unexplained: list[str]
+    removed: list[str]
+    missing: list[str]
+
+
+class ReconcileOut(BaseModel):
+    unexplained: int
+    removed: int
+    missing: int
+    targets: list[TargetReportOut]
+
+    @classmethod
+    def of(cls, report: ReconcileReport) -> ReconcileOut:
+        return cls(
+            unexplained=report.unexplained,
+            removed=report.removed,
+            missing=report.missing,
+            targets=[TargetReportOut(**t.__dict__) for t in report.targets],
+        )
