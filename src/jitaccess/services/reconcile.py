@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from jitaccess.domain.model import GrantState, new_id
+from jitaccess.domain.model import Grant, GrantState, new_id
 from jitaccess.domain.policy import DriftAction, Policy, Target
 from jitaccess.ports import (
     Clock,
@@ -151,7 +151,7 @@ def _reconcile_target(
         now = clock.now()
         live = uow.grants.live_on(target.name)
         explained_ids = {g.id for g in live}
-        explained_accounts = {connector.account_of(access_of(policy, g)) for g in live}
+        explained_accounts = {a for g in live for a in _accounts(connector, policy, g)}
         unexplained = [
             e
             for e in existing
@@ -166,7 +166,7 @@ def _reconcile_target(
             if g.state is GrantState.ACTIVE
             and g.id in active_before
             and g.id not in present_ids
-            and connector.account_of(access_of(policy, g)) not in present_accounts
+            and not set(_accounts(connector, policy, g)) <= present_accounts
         ]
         findings = {(f.kind, f.account): f for f in uow.drift.open_for(target.name)}
         seen: set[tuple[str, str]] = set()
@@ -263,6 +263,15 @@ def _reconcile_target(
             _remove(uow_factory, clock, connector, target, entry, actor, result)
     _record_health(uow_factory, clock, target, result, reconciled=True)
     return result
+
+
+def _accounts(connector: Connector, policy: Policy, grant: Grant) -> list[str]:
+    """Every account a grant's access shows up as (a role may grant several LDAP groups)."""
+    access = access_of(policy, grant)
+    several = getattr(connector, "accounts_of", None)
+    if callable(several):
+        return list(several(access))
+    return [connector.account_of(access)]
 
 
 def _remove(
