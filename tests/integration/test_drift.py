@@ -57,6 +57,11 @@ def app_with(kind: str, tmp_path: Path, drift: str) -> Iterator[Container]:
         yield c
 
 
+def clock_of(app: Container) -> FakeClock:
+    assert isinstance(app.clock, FakeClock)
+    return app.clock
+
+
 def fake(app: Container) -> FakeConnector:
     connector = app.connectors.for_target(app.current_policy().targets["demo"])
     assert isinstance(connector, FakeConnector)
@@ -93,7 +98,7 @@ def test_access_made_behind_our_back_is_reported_once_and_alerted(
         first = reconcile(app.uow, app.clock, app.connectors)
         assert first.unexplained == 1 and first.removed == 0
         assert first.targets[0].unexplained == [account]
-        app.clock.advance(timedelta(minutes=5))
+        clock_of(app).advance(timedelta(minutes=5))
         second = reconcile(app.uow, app.clock, app.connectors)
         assert second.unexplained == 1
         assert fake(app).has("mallory", "demo/read")  # report only
@@ -160,10 +165,10 @@ def test_periodic_jobs_run_once_per_interval_across_workers(kind: str, tmp_path:
         try:
             assert one.run_jobs_once() == ["target-health", "reconcile"]
             assert two.run_jobs_once() == []
-            app.clock.advance(timedelta(seconds=61))
+            clock_of(app).advance(timedelta(seconds=61))
             assert two.run_jobs_once() == ["target-health"]
             assert one.run_jobs_once() == []
-            app.clock.advance(timedelta(seconds=300))
+            clock_of(app).advance(timedelta(seconds=300))
             assert sorted(one.run_jobs_once()) == ["reconcile", "target-health"]
         finally:
             one.shutdown()
