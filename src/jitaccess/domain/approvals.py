@@ -260,9 +260,12 @@ def deciders(policy: Policy, request: Request, now: datetime) -> dict[str, list[
         index = open_stage(policy, request, role)
         if index is None:
             continue
+        assert role.approval is not None
+        stage = role.approval.stages[index]
+        candidates = policy.people(stage.approvers + stage.escalate_to)
         people = [
             p
-            for p in policy.users
+            for p in candidates
             if p != request.requester and may_decide_stage(policy, request, role, index, p, now)
         ]
         result[role.name] = sorted(people)

@@ -6,6 +6,7 @@ version never changes under a running request.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -234,9 +235,23 @@ class Policy:
     def can_read_everything(self, principal: str) -> bool:
         return self.is_admin(principal) or self.is_auditor(principal)
 
+    @functools.cached_property
+    def _members(self) -> dict[str, list[str]]:
+        members: dict[str, list[str]] = {}
+        for name, user in self.users.items():
+            for group in user.groups:
+                members.setdefault(group, []).append(name)
+        return members
+
     def people(self, refs: tuple[PrincipalRef, ...]) -> list[str]:
         """The users the references name, groups expanded, sorted."""
-        return sorted(name for name in self.users if self.matches_any(name, refs))
+        found: set[str] = set()
+        for ref in refs:
+            if ref.kind == "user" and ref.name in self.users:
+                found.add(ref.name)
+            elif ref.kind == "group":
+                found.update(self._members.get(ref.name, ()))
+        return sorted(found)
 
     def find_user(self, identifier: str) -> str | None:
         """The user a schedule names, by user name or e-mail (case-insensitive)."""
@@ -249,16 +264,25 @@ class Policy:
         return None
 
     # --- eligibility ------------------------------------------------------------------------
+    @functools.cached_property
+    def _eligibility_index(self) -> dict[tuple[str, str, str], list[Eligibility]]:
+        """(role, "user"|"group", name) -> the rows that open it: a lookup per request stays
+        O(groups of the principal), not O(rows), with a million eligibility rows."""
+        index: dict[tuple[str, str, str], list[Eligibility]] = {}
+        for row in self.eligibility:
+            for role in row.roles:
+                for ref in row.principals:
+                    index.setdefault((role, ref.kind, ref.name), []).append(row)
+        return index
+
     def is_eligible(self, principal: str, role: str, today: date) -> bool:
         """Deny by default: only an eligibility row naming the principal (or a group) opens it."""
         if principal not in self.users or role not in self.roles:
             return False
-        return any(
-            role in row.roles
-            and row.is_open_on(today)
-            and self.matches_any(principal, row.principals)
-            for row in self.eligibility
-        )
+        keys = [(role, "user", principal)]
+        keys += [(role, "group", group) for group in self.groups_of(principal)]
+        index = self._eligibility_index
+        return any(row.is_open_on(today) for key in keys for row in index.get(key, ()))
 
     def eligible_roles(self, principal: str, today: date) -> list[str]:
         return sorted(r for r in self.roles if self.is_eligible(principal, r, today))
