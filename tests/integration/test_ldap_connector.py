@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from jitaccess.adapters.connectors.ldap import LdapConnector, fold_dn
+from jitaccess.adapters.connectors.ldap import LdapConnector
+from jitaccess.adapters.connectors.ldap_names import fold_dn
 from jitaccess.adapters.connectors.registry import connector_types
 from jitaccess.adapters.policy_yaml import load_policy_text
 from jitaccess.domain.errors import ConnectorError, PolicyInvalid

@@ -4,18 +4,26 @@ posixGroup); provision adds the principal's entry to each granted group, revoke 
 from __future__ import annotations
 
 import logging
-import re
-import ssl
-import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from queue import Empty, LifoQueue
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from jitaccess.adapters.connectors.common import read_connection
+from jitaccess.adapters.connectors.ldap_names import (
+    CONTROL,
+    dn_problem,
+    fill_template,
+    fold_dn,
+    fold_member_dn,
+    principal_in,
+)
+from jitaccess.adapters.connectors.ldap_session import (
+    ConnectionPool,
+    VerifiedTls,
+    close_quietly,
+    describe,
+)
+from jitaccess.adapters.connectors.ldap_settings import parse_settings
 from jitaccess.domain.errors import ConnectorError
 from jitaccess.domain.policy import Target
 from jitaccess.ports import Access, ExistingAccess
@@ -27,224 +35,16 @@ with warnings.catch_warnings():
     from ldap3.core.exceptions import (  # type: ignore[import-untyped]
         LDAPCommunicationError,
         LDAPException,
-        LDAPInvalidDnError,
     )
-    from ldap3.utils.dn import escape_rdn, parse_dn  # type: ignore[import-untyped]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GRANT_KEY = "ldap_groups"
 GRANTS_SHAPE = 'an ldap role grants {ldap_groups: ["cn=NAME,ou=groups,dc=example,dc=org", ...]}'
-PLACEHOLDER = "{principal}"
-OPTIONS: tuple[str, ...] = (
-    "url",
-    "bind_dn",
-    "user_dn_template",
-    "member_attribute",
-    "start_tls",
-    "ca_file",
-)
-OPTIONS += ("timeout", "placeholder_member")
-_ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_UNIQUE_ID = re.compile(r"#'[01]*'B$")  # uniqueMember may end in an optional bit-string UID
 # Result codes (RFC 4511) that mean "already as wanted" or "not there".
 SUCCESS, COMPARE_FALSE, COMPARE_TRUE, NO_SUCH_ATTRIBUTE = 0, 5, 6, 16
 VALUE_EXISTS, NO_SUCH_OBJECT, OBJECT_CLASS_VIOLATION = 20, 32, 65
-
-
-def dn_problem(value: object) -> str | None:
-    """Why `value` is not a DN we accept (RFC 4514, no control characters), or None."""
-    if not isinstance(value, str) or not value:
-        return "must be a group DN like cn=admins,ou=groups,dc=example,dc=org"
-    if _CONTROL.search(value):
-        return "must not contain control characters"
-    try:
-        parse_dn(value)
-    except LDAPInvalidDnError as exc:
-        return f"is not a valid DN ({exc}); write it as in RFC 4514, without spaces around , ="
-    return None
-
-
-def _unescape(value: str) -> str:
-    """An RFC 4514 attribute value without its escapes (`\\,` and `\\2C` both become `,`)."""
-    if value.startswith("#"):  # BER-encoded value: compared as written
-        return value
-    out, index = bytearray(), 0
-    while index < len(value):
-        char = value[index]
-        if char != "\\":
-            out += char.encode()
-            index += 1
-        elif re.fullmatch(r"[0-9A-Fa-f]{2}", value[index + 1 : index + 3]):
-            out.append(int(value[index + 1 : index + 3], 16))
-            index += 3
-        else:
-            out += value[index + 1 : index + 2].encode()
-            index += 2
-    return out.decode("utf-8", errors="replace")
-
-
-def _rdns(dn: str) -> list[list[tuple[str, str]]]:
-    """The DN's RDNs, each a list of (lower-case type, unescaped value)."""
-    rdns: list[list[tuple[str, str]]] = [[]]
-    for kind, value, separator in parse_dn(dn, strip=True):
-        rdns[-1].append((str(kind).lower(), _unescape(str(value))))
-        if separator == ",":
-            rdns.append([])
-    return rdns
-
-
-def fold_dn(dn: str) -> str:
-    """One spelling for every way of writing a DN, for comparing entries: types and values in
-    lower case (the attributes that name entries match case-insensitively), escapes redone."""
-    try:
-        rdns = _rdns(dn)
-    except LDAPInvalidDnError:
-        return dn.lower()
-    return ",".join(
-        "+".join(sorted(f"{kind}={escape_rdn(value.lower())}" for kind, value in rdn))
-        for rdn in rdns
-    )
-
-
-@dataclass(frozen=True)
-class _Settings:
-    host: str
-    port: int
-    use_ssl: bool
-    bind_dn: str
-    user_dn_template: str
-    user_rdn_type: str  # of the template's first RDN, the one holding {principal}
-    user_rdn_value: str  # as written, escapes and {principal} included
-    user_base: str  # the template without its first RDN
-    member_attribute: str
-    start_tls: bool
-    ca_file: str | None
-    timeout: int
-    placeholder_member: str | None
-
-    @property
-    def by_name(self) -> bool:
-        """posixGroup's memberUid holds user names, not DNs."""
-        return self.member_attribute.lower() == "memberuid"
-
-
-def _settings(target: Target) -> _Settings:
-    options = dict(target.options)
-
-    def bad(message: str) -> ConnectorError:
-        return ConnectorError(f"ldap target {target.name}: option {message}")
-
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise bad(f"{', '.join(unknown)} unknown (known: {', '.join(OPTIONS)})")
-    url = urlsplit(str(options.get("url") or ""))
-    if url.scheme not in ("ldap", "ldaps") or not url.hostname or url.path not in ("", "/"):
-        raise bad("url must be ldap://HOST[:PORT] or ldaps://HOST[:PORT]")
-    try:
-        port = url.port or (636 if url.scheme == "ldaps" else 389)
-    except ValueError:
-        raise bad("url has an invalid port") from None
-    for name in ("bind_dn", "user_dn_template", "placeholder_member"):
-        if name in options or name != "placeholder_member":
-            problem = dn_problem(options.get(name))
-            if problem:
-                raise bad(f"{name} {problem}")
-    template = str(options["user_dn_template"])
-    (kind, value, separator), *base = parse_dn(template)
-    if template.count(PLACEHOLDER) != 1 or PLACEHOLDER not in value or separator != ",":
-        raise bad(
-            "user_dn_template must hold {principal} once, in the value of its first RDN, "
-            "like uid={principal},ou=people,dc=example,dc=org"
-        )
-    attribute = str(options.get("member_attribute", "member"))
-    if not _ATTRIBUTE.fullmatch(attribute):
-        raise bad("member_attribute must be an attribute name like member or uniqueMember")
-    start_tls, timeout = options.get("start_tls", False), options.get("timeout", 10)
-    if not isinstance(start_tls, bool):
-        raise bad("start_tls must be true or false")
-    if start_tls and url.scheme == "ldaps":
-        raise bad("start_tls is for ldap:// URLs; ldaps:// is TLS already")
-    # ldap3 packs the receive timeout into a C long: whole seconds only.
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
-        raise bad("timeout must be a positive whole number of seconds")
-    ca_file, placeholder = options.get("ca_file"), options.get("placeholder_member")
-    return _Settings(
-        host=url.hostname,
-        port=port,
-        use_ssl=url.scheme == "ldaps",
-        bind_dn=str(options["bind_dn"]),
-        user_dn_template=template,
-        user_rdn_type=str(kind),
-        user_rdn_value=str(value),
-        user_base="".join(f"{k}={v}{s}" for k, v, s in base),
-        member_attribute=attribute,
-        start_tls=start_tls,
-        ca_file=str(ca_file) if ca_file else None,
-        timeout=timeout,
-        placeholder_member=str(placeholder) if placeholder else None,
-    )
-
-
-class _VerifiedTls(ldap3.Tls):  # type: ignore[misc]
-    """TLS that checks the certificate and the host name with Python's own SSLContext.
-
-    ldap3 defaults to no verification at all and checks names with the deprecated
-    ssl.match_hostname; this replaces both."""
-
-    def __init__(self, host: str, ca_file: str | None) -> None:
-        super().__init__(validate=ssl.CERT_REQUIRED)
-        self._host, self._ca_file = host, ca_file
-
-    def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
-        context = ssl.create_default_context(cafile=self._ca_file)
-        connection.socket = context.wrap_socket(
-            connection.socket, server_hostname=self._host, do_handshake_on_connect=do_handshake
-        )
-
-
-class _ConnectionPool:
-    """Up to `size` bound connections, each lent to one thread at a time."""
-
-    def __init__(self, connect: Callable[[], Any], size: int = 4, wait: float = 30.0) -> None:
-        self._connect = connect
-        self._idle: LifoQueue[Any] = LifoQueue()
-        self._slots = threading.BoundedSemaphore(size)
-        self._wait = wait
-
-    @contextmanager
-    def connection(self) -> Iterator[Any]:
-        if not self._slots.acquire(timeout=self._wait):
-            raise ConnectorError("timed out waiting for a free LDAP connection")
-        try:
-            try:
-                conn = self._idle.get_nowait()
-            except Empty:
-                conn = self._connect()
-            try:
-                yield conn
-            except ConnectorError:
-                self._idle.put(conn)  # the server answered in full; the connection is fine
-                raise
-            except BaseException:
-                # Its state is unknown after a failure (half-read response, dead socket).
-                _close(conn)
-                raise
-            self._idle.put(conn)
-        finally:
-            self._slots.release()
-
-    def close(self) -> None:
-        with suppress(Empty):
-            while True:
-                _close(self._idle.get_nowait())
-
-
-def _close(conn: Any) -> None:
-    with suppress(LDAPException, OSError):
-        conn.unbind()
 
 
 class LdapConnector:
@@ -272,9 +72,9 @@ class LdapConnector:
 
     def __init__(self, target: Target, password: str) -> None:
         self.target = target
-        self._settings = _settings(target)
+        self._settings = parse_settings(target)
         self._password = password
-        self._pool = _ConnectionPool(self._connect)
+        self._pool = ConnectionPool(self._connect)
 
     @classmethod
     def from_target(cls, target: Target) -> LdapConnector:
@@ -439,46 +239,34 @@ class LdapConnector:
         return [str(group) for group in access.grants[GRANT_KEY]]
 
     def _user_dn(self, principal: str) -> str:
-        if not principal or principal != principal.strip() or _CONTROL.search(principal):
+        if not principal or principal != principal.strip() or CONTROL.search(principal):
             raise ConnectorError(self._say(f"principal {principal!r} cannot name an LDAP entry"))
-        return self._settings.user_dn_template.replace(PLACEHOLDER, escape_rdn(principal))
+        return fill_template(self._settings.user_dn_template, principal)
 
     def _member_value(self, principal: str) -> str:
         user_dn = self._user_dn(principal)  # checks the name even where memberUid needs none
         return principal if self._settings.by_name else user_dn
 
     def _fold_member(self, value: str) -> str:
-        return value if self._settings.by_name else fold_dn(_UNIQUE_ID.sub("", value))
+        return value if self._settings.by_name else fold_member_dn(value)
 
     def _account(self, member: str, group: str) -> str:
         return f"{self._fold_member(member)} in {fold_dn(group)}"
 
     def _principal_of(self, member: str) -> str | None:
         """The principal whose entry `member` names, read back through user_dn_template."""
-        if self._settings.by_name:
-            return member
-        try:
-            found = _rdns(_UNIQUE_ID.sub("", member))
-        except LDAPInvalidDnError:
-            return None
         settings = self._settings
-        if len(found[0]) != 1 or fold_dn(_join(found[1:])) != fold_dn(settings.user_base):
-            return None
-        found_kind, value = found[0][0]
-        before, after = (_unescape(part) for part in settings.user_rdn_value.split(PLACEHOLDER))
-        folded = value.lower()
-        fits = folded.startswith(before.lower()) and folded.endswith(after.lower())
-        if found_kind != settings.user_rdn_type.lower() or not fits:
-            return None
-        if len(value) <= len(before) + len(after):
-            return None
-        return value[len(before) : len(value) - len(after)]
+        if settings.by_name:
+            return member
+        return principal_in(
+            member, settings.user_rdn_type, settings.user_rdn_value, settings.user_base
+        )
 
     # --- plumbing ---------------------------------------------------------------------------
 
     def _connect(self) -> Any:
         settings = self._settings
-        tls = _VerifiedTls(settings.host, settings.ca_file)
+        tls = VerifiedTls(settings.host, settings.ca_file)
         server = ldap3.Server(
             settings.host,
             port=settings.port,
@@ -503,7 +291,7 @@ class LdapConnector:
             if not conn.bind():
                 raise self._failure(conn, f"binding as {settings.bind_dn}")
         except BaseException:
-            _close(conn)
+            close_quietly(conn)
             raise
         return conn
 
@@ -516,9 +304,9 @@ class LdapConnector:
             except (LDAPCommunicationError, OSError) as exc:
                 # Every step is idempotent, so repeating it after a lost connection is safe.
                 if attempt == 2:
-                    raise ConnectorError(self._say(self._scrub(_describe(exc)))) from None
+                    raise ConnectorError(self._say(self._scrub(describe(exc)))) from None
             except LDAPException as exc:
-                raise ConnectorError(self._say(self._scrub(_describe(exc)))) from None
+                raise ConnectorError(self._say(self._scrub(describe(exc)))) from None
         raise AssertionError("unreachable")
 
     def _failure(self, conn: Any, doing: str) -> ConnectorError:
@@ -533,17 +321,3 @@ class LdapConnector:
     def _scrub(self, text: str) -> str:
         # ldap3 puts the password in repr(Connection); keep it out of anything we pass on.
         return text.replace(self._password, "***") if self._password else text
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = str(exc)
-    # ldap3 re-raises socket errors wrapped in the repr of a tuple, sometimes twice.
-    while unwrapped := re.fullmatch(r"""\(\s*(['"])(.*)\1,?\s*\)""", text, re.DOTALL):
-        text = unwrapped[2]
-    return f"{type(exc).__name__}: {text}"
-
-
-def _join(rdns: list[list[tuple[str, str]]]) -> str:
-    return ",".join("+".join(f"{k}={escape_rdn(v)}" for k, v in rdn) for rdn in rdns)

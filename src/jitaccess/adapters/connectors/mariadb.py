@@ -7,18 +7,30 @@ import hashlib
 import logging
 import re
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from queue import Empty, LifoQueue
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote
 
 import pymysql  # type: ignore[import-untyped]
 
 from jitaccess.adapters.connectors.common import options, read_connection
+from jitaccess.adapters.connectors.mariadb_grants import (
+    ROLE_NAME,
+    USER_PREFIX,
+    Privilege,
+    parse_admin_url,
+    parse_grants,
+    role_names,
+)
+from jitaccess.adapters.connectors.mariadb_session import (
+    CLIENT_ERROR,
+    ConnectionPool,
+    Session,
+    error_code,
+    hosts_of,
+    read_accounts,
+)
 from jitaccess.domain.errors import ConnectorError
 from jitaccess.domain.policy import Target
 from jitaccess.ports import Access, ExistingAccess
@@ -26,116 +38,17 @@ from jitaccess.ports import Access, ExistingAccess
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-USER_PREFIX = "jit_"
 WRAPPER_SUFFIX = "_roles"  # the role that carries several granted roles (see _grant_roles)
-DEFAULT_PORT = 3306
 # KILL only flags the thread; it leaves the process list when it next checks the flag.
 _SESSION_GONE_TIMEOUT = 5.0
 _POLL_INTERVAL = 0.02
-_CLIENT = 2000  # codes from 2000 up come from the client: the connection itself failed
 _UNKNOWN_THREAD = 1094
 _REQUIRED_RIGHTS = ("CREATE USER", "PROCESS")
 _KILL_RIGHTS = ("CONNECTION ADMIN", "SUPER")
 _OPTIONS = ("host_for_clients", "user_host", "max_user_connections")
 
-_NAME = r"[A-Za-z0-9_$]{1,64}"
-ROLE_NAME = re.compile(_NAME, re.ASCII)
 USER_HOST = re.compile(r"[A-Za-z0-9.%_:/-]{1,255}", re.ASCII)
-_ENTRY = re.compile(
-    rf"\s*(?P<privileges>[A-Za-z][A-Za-z ,]*?)\s+ON\s+(?:`(?P<qdb>{_NAME})`|(?P<db>{_NAME}))"
-    rf"\.(?:(?P<star>\*)|`(?P<qtable>{_NAME})`|(?P<table>{_NAME}))\s*",
-    re.ASCII | re.IGNORECASE,
-)
 _JIT_USER = re.compile(r"jit_(?P<person>[a-z0-9_]+)_(?P<suffix>[a-z0-9]{1,8})", re.ASCII)
-TABLE_PRIVILEGES = frozenset(
-    {"SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "INDEX", "ALTER", "CREATE VIEW"}
-    | {"SHOW VIEW", "TRIGGER", "REFERENCES", "DELETE HISTORY", "ALL", "ALL PRIVILEGES"}
-)
-DATABASE_PRIVILEGES = TABLE_PRIVILEGES | {
-    "CREATE ROUTINE", "ALTER ROUTINE", "EXECUTE", "CREATE TEMPORARY TABLES", "LOCK TABLES", "EVENT"
-}  # fmt: skip
-SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
-
-
-@dataclass(frozen=True)
-class Privilege:
-    """One `mariadb_privileges` entry, parsed: privileges ON database.table (None: every table)."""
-
-    privileges: tuple[str, ...]
-    database: str
-    table: str | None
-
-    def statement(self) -> str:
-        # In a database-level grant `_` is a wildcard; escaped, the grant names one database.
-        on = f"`{self.database}`.`{self.table}`" if self.table else f"`{_literal_db(self)}`.*"
-        return f"GRANT {', '.join(self.privileges)} ON {on} TO %s@%s"
-
-
-def _literal_db(privilege: Privilege) -> str:
-    return privilege.database.replace("_", "\\_")
-
-
-def parse_privilege(entry: str) -> Privilege:
-    """`"SELECT, INSERT ON app.orders"` → Privilege; ValueError (a reason) when not allowed."""
-    match = _ENTRY.fullmatch(entry)
-    if match is None:
-        raise ValueError("expected 'PRIVILEGE[, ...] ON database.table' or 'ON database.*'")
-    database = match["qdb"] or match["db"]
-    table = match["qtable"] or match["table"]
-    if database.lower() in SYSTEM_SCHEMAS:
-        raise ValueError(f"privileges on the system schema {database} are not granted")
-    names = [" ".join(p.split()).upper() for p in match["privileges"].split(",")]
-    allowed = TABLE_PRIVILEGES if table else DATABASE_PRIVILEGES
-    for name in names:
-        if name == "GRANT OPTION":
-            raise ValueError("GRANT OPTION is refused: what the grantee grants would outlive it")
-        if name not in allowed:
-            scope = "a table" if table else "a database"
-            raise ValueError(f"{name or 'an empty privilege'} is not a privilege on {scope}")
-    if len(names) > 1 and {"ALL", "ALL PRIVILEGES"} & set(names):
-        raise ValueError("ALL must stand alone")
-    return Privilege(tuple(dict.fromkeys(names)), database, table)
-
-
-def _parse_grants(
-    grants: Mapping[str, Any],
-) -> tuple[list[str], list[Privilege], list[tuple[str, str]]]:
-    """The roles and privileges a role's `grants` give, and the problems found in them."""
-    problems: list[tuple[str, str]] = []
-    roles: list[str] = []
-    privileges: list[Privilege] = []
-    for key in grants:
-        if key not in ("mariadb_roles", "mariadb_privileges"):
-            problems.append((str(key), "unknown key: expected mariadb_roles, mariadb_privileges"))
-    if "mariadb_roles" not in grants and "mariadb_privileges" not in grants:
-        problems.append(
-            ("", "needs {mariadb_roles: [ROLE, ...]} and/or {mariadb_privileges: [...]}")
-        )
-    for key in ("mariadb_roles", "mariadb_privileges"):
-        if key not in grants:
-            continue
-        values = grants[key]
-        if not isinstance(values, list | tuple) or not values:
-            problems.append((key, "must be a non-empty list"))
-            continue
-        for index, value in enumerate(values):
-            where = f"{key}[{index}]"
-            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-            if not isinstance(value, str):
-                problems.append((where, f"{shown} is not a string"))
-            elif key == "mariadb_roles":
-                if not ROLE_NAME.fullmatch(value) or value.lower() in ("none", "public"):
-                    problems.append((where, f"{shown} is not a role name (letters, digits, _, $)"))
-                elif value.startswith(USER_PREFIX):
-                    problems.append((where, f"{shown}: the {USER_PREFIX} prefix is jitaccess's"))
-                elif value not in roles:
-                    roles.append(value)
-            else:
-                try:
-                    privileges.append(parse_privilege(value))
-                except ValueError as reason:
-                    problems.append((where, f"{shown}: {reason}"))
-    return roles, privileges, problems
 
 
 def user_name(principal: str, grant_id: str) -> str:
@@ -156,120 +69,6 @@ def _native_hash(password: str) -> str:
 
 def _identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
-
-
-@dataclass(frozen=True)
-class AdminEndpoint:
-    """Where and as whom the admin connects, from `mysql://USER:PASSWORD@HOST:PORT/[DB]`."""
-
-    user: str
-    password: str
-    host: str
-    port: int
-    database: str | None = None
-    unix_socket: str | None = None
-    ssl_ca: str | None = None
-
-
-def parse_admin_url(url: str) -> AdminEndpoint:
-    """ValueError with a reason that never quotes the URL (it holds the password)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port or DEFAULT_PORT
-        query = dict(
-            parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-        )
-    except ValueError:
-        raise ValueError("the admin URL is malformed (a bad port or query?)") from None
-    if parts.scheme not in ("mysql", "mariadb"):
-        raise ValueError("the admin URL must start with mysql:// or mariadb://")
-    unknown = sorted(set(query) - {"unix_socket", "ssl_ca"})
-    if unknown:
-        raise ValueError(f"unknown admin URL parameter(s): {', '.join(unknown)}")
-    if not parts.username:
-        raise ValueError("the admin URL names no user")
-    if not parts.hostname and not query.get("unix_socket"):
-        raise ValueError("the admin URL names no host")
-    return AdminEndpoint(
-        user=unquote(parts.username),
-        password=unquote(parts.password or ""),
-        host=parts.hostname or "localhost",
-        port=port,
-        database=unquote(parts.path.lstrip("/")) or None,
-        unix_socket=query.get("unix_socket") or None,
-        ssl_ca=query.get("ssl_ca") or None,
-    )
-
-
-class _Session:
-    """One admin connection lent to one operation."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def rows(self, statement: str, args: Sequence[object] | None = None) -> list[tuple[Any, ...]]:
-        with self.conn.cursor() as cursor:
-            cursor.execute(statement, args)
-            return [tuple(row) for row in cursor.fetchall()]
-
-    def me(self) -> tuple[str, str]:
-        user, _, host = str(self.rows("SELECT CURRENT_USER()")[0][0]).rpartition("@")
-        return user, host
-
-
-class _ConnectionPool:
-    """Up to `size` autocommit connections, each lent to one thread at a time."""
-
-    def __init__(self, connect: Callable[[], Any], size: int = 8, wait: float = 30.0) -> None:
-        self._connect = connect
-        self._idle: LifoQueue[Any] = LifoQueue()
-        self._slots = threading.BoundedSemaphore(size)
-        self._wait = wait
-        self._closed = False
-
-    @contextmanager
-    def session(self) -> Iterator[_Session]:
-        if not self._slots.acquire(timeout=self._wait):
-            raise ConnectorError("timed out waiting for a free database connection")
-        conn: Any = None
-        reusable = True
-        try:
-            conn = self._take()
-            yield _Session(conn)
-        except BaseException as exc:
-            # After an error the server reported (or one of ours) the protocol is still in step.
-            server_said = isinstance(exc, pymysql.err.MySQLError) and 0 < _code(exc) < _CLIENT
-            reusable = server_said or isinstance(exc, ConnectorError)
-            raise
-        finally:
-            if conn is not None and reusable and conn.open and not self._closed:
-                self._idle.put(conn)
-            elif conn is not None:
-                with suppress(Exception):
-                    conn.close()
-            self._slots.release()
-
-    def _take(self) -> Any:
-        with suppress(Empty):
-            while True:
-                conn = self._idle.get_nowait()
-                if conn.open:
-                    return conn
-        return self._connect()
-
-    def close(self) -> None:
-        """Close the idle connections (a lent one is closed when it comes back)."""
-        self._closed = True
-        self.drain()
-
-    def drain(self) -> None:
-        while True:
-            try:
-                conn = self._idle.get_nowait()
-            except Empty:
-                return
-            with suppress(Exception):
-                conn.close()
 
 
 class MariaDBConnector:
@@ -301,7 +100,7 @@ class MariaDBConnector:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConnectorError(self._say("option max_user_connections must be an integer >= 0"))
         self._max_user_connections = limit
-        self._pool = _ConnectionPool(self._connect)
+        self._pool = ConnectionPool(self._connect)
         self._rights_checked = False
 
     @classmethod
@@ -310,12 +109,12 @@ class MariaDBConnector:
 
     @staticmethod
     def grant_problems(grants: dict[str, Any]) -> list[tuple[str, str]]:
-        return _parse_grants(grants)[2]
+        return parse_grants(grants)[2]
 
     # --- the Connector protocol ------------------------------------------------------------
 
     def provision(self, access: Access) -> dict[str, str]:
-        roles, privileges, problems = _parse_grants(access.grants)
+        roles, privileges, problems = parse_grants(access.grants)
         if problems:
             reasons = "; ".join(f"{key or 'grants'}: {reason}" for key, reason in problems)
             raise ConnectorError(self._say(f"grant {access.grant_id} is not valid: {reasons}"))
@@ -332,7 +131,7 @@ class MariaDBConnector:
     def revoke(self, access: Access) -> None:
         name = user_name(access.principal, access.grant_id)
         # Every host of the name: user_host may have changed since the grant was provisioned.
-        hosts = self._run(f"cannot revoke user {name}", lambda s: _hosts_of(s, name))
+        hosts = self._run(f"cannot revoke user {name}", lambda s: hosts_of(s, name))
         for host in hosts or [self._user_host]:
             self._drop_user(name, host)
         log.info("revoked user %s of grant %s", name, access.grant_id)
@@ -352,8 +151,8 @@ class MariaDBConnector:
         The admin itself is left out (it must hold the roles WITH ADMIN OPTION to grant them);
         any other holder is listed, a role's creator too: `detail["admin_option"]` names the
         roles it may administer, which `remove` would take from it as well."""
-        wanted = {role for grants in governed for role in _role_names(grants)}
-        users, locked, mapping, me = self._run("cannot list access", _read_accounts)
+        wanted = {role for grants in governed for role in role_names(grants)}
+        users, locked, mapping, me = self._run("cannot list access", read_accounts)
         held: dict[tuple[str, str], list[str]] = {}
         administers: dict[tuple[str, str], list[str]] = {}
         for user, host, role, admin_option in mapping:
@@ -415,7 +214,7 @@ class MariaDBConnector:
         log.info("revoked %s from %s (drift)", ", ".join(roles), existing.account)
 
     def check(self) -> None:
-        def probe(session: _Session) -> list[str]:
+        def probe(session: Session) -> list[str]:
             user, host = session.me()
             rows = session.rows(
                 "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s",
@@ -426,7 +225,7 @@ class MariaDBConnector:
             if not have & set(_KILL_RIGHTS):
                 missing.append(" or ".join(_KILL_RIGHTS))
             if not missing:
-                _read_accounts(session)  # and it can read the grant tables
+                read_accounts(session)  # and it can read the grant tables
             return missing
 
         missing = self._run("cannot check the admin's rights", probe)
@@ -441,7 +240,7 @@ class MariaDBConnector:
 
     def _provision(
         self,
-        session: _Session,
+        session: Session,
         name: str,
         roles: list[str],
         privileges: list[Privilege],
@@ -470,7 +269,7 @@ class MariaDBConnector:
         if roles:
             self._grant_roles(session, name, roles)
 
-    def _grant_roles(self, session: _Session, name: str, roles: list[str]) -> None:
+    def _grant_roles(self, session: Session, name: str, roles: list[str]) -> None:
         # MariaDB activates one default role at login; several roles are granted to a role of
         # the user's own, whose granted roles are active with it.
         if len(roles) == 1:
@@ -489,18 +288,18 @@ class MariaDBConnector:
         if not self._rights_checked:
             self.check()  # without PROCESS the process list would hide the sessions to kill
 
-        def drop(session: _Session) -> None:
+        def drop(session: Session) -> None:
             session.rows("ALTER USER IF EXISTS %s@%s ACCOUNT LOCK", [name, host])
             self._kill_sessions(session, name)
             session.rows("DROP USER IF EXISTS %s@%s", [name, host])
             session.rows(f"DROP ROLE IF EXISTS {_identifier(name + WRAPPER_SUFFIX)}")
-            if host in _hosts_of(session, name):
+            if host in hosts_of(session, name):
                 raise ConnectorError(self._say(f"user {name}@{host} still exists after DROP USER"))
             self._kill_sessions(session, name)
 
         self._run(f"cannot drop user {name}@{host}", drop)
 
-    def _kill_sessions(self, session: _Session, name: str) -> None:
+    def _kill_sessions(self, session: Session, name: str) -> None:
         # Sessions outlive DROP USER in MariaDB, so they are killed until none is left.
         deadline = time.monotonic() + _SESSION_GONE_TIMEOUT
         while True:
@@ -521,7 +320,7 @@ class MariaDBConnector:
                         raise
             time.sleep(_POLL_INTERVAL)
 
-    def _take_roles(self, session: _Session, user: str, host: str, roles: list[str]) -> None:
+    def _take_roles(self, session: Session, user: str, host: str, roles: list[str]) -> None:
         role_holder = host == ""
         grantee, args = (_identifier(user), None) if role_holder else ("%s@%s", [user, host])
 
@@ -571,14 +370,16 @@ class MariaDBConnector:
             program_name="jitaccess",
         )
 
-    def _run(self, what: str, work: Callable[[_Session], T]) -> T:
+    def _run(self, what: str, work: Callable[[Session], T]) -> T:
         """Run `work` on a pooled connection; once more on a fresh one if the first one died."""
         for attempt in (1, 2):
             try:
                 with self._pool.session() as session:
                     return work(session)
             except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
-                lost = isinstance(exc, pymysql.err.InterfaceError) or _code(exc) >= _CLIENT
+                lost = (
+                    isinstance(exc, pymysql.err.InterfaceError) or error_code(exc) >= CLIENT_ERROR
+                )
                 if lost:
                     self._pool.drain()  # its idle siblings probably died with it
                 # Every step is idempotent, so repeating it after a lost connection is safe.
@@ -593,7 +394,7 @@ class MariaDBConnector:
     def _failure(self, what: str, exc: Exception) -> ConnectorError:
         # Not chained, so only this scrubbed text reaches tracebacks and logs. Issued passwords
         # never reach the server (only their hash does), so no server message can quote one.
-        code = _code(exc)
+        code = error_code(exc)
         text = (str(exc.args[1]) if len(exc.args) > 1 else str(exc)) or type(exc).__name__
         if self._admin.password:
             text = text.replace(self._admin.password, "***")
@@ -601,46 +402,3 @@ class MariaDBConnector:
 
     def _say(self, message: str) -> str:
         return f"mariadb target {self.target.name}: {message.strip()}"
-
-
-def _code(exc: Exception) -> int:
-    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-
-
-def _role_names(grants: Mapping[str, Any]) -> list[str]:
-    roles = grants.get("mariadb_roles") or ()
-    return [roles] if isinstance(roles, str) else [str(role) for role in roles]
-
-
-def _hosts_of(session: _Session, name: str) -> list[str]:
-    rows = session.rows("SELECT Host FROM mysql.user WHERE User = %s AND is_role = 'N'", [name])
-    return [str(r[0]) for r in rows]
-
-
-def _read_accounts(
-    session: _Session,
-) -> tuple[
-    list[tuple[str, str, str]],
-    set[tuple[str, str]],
-    list[tuple[str, str, str, bool]],
-    tuple[str, str],
-]:
-    """jit_ users (user, host, default role), the locked ones, every role grant, and the admin."""
-    prefix = [len(USER_PREFIX), USER_PREFIX]
-    users = session.rows(
-        "SELECT User, Host, default_role FROM mysql.user"
-        " WHERE is_role = 'N' AND LEFT(User, %s) = %s ORDER BY User, Host",
-        prefix,
-    )
-    locked = session.rows(
-        "SELECT User, Host FROM mysql.global_priv WHERE LEFT(User, %s) = %s"
-        " AND JSON_VALUE(Priv, '$.account_locked') IN ('1', 'true')",
-        prefix,
-    )
-    mapping = session.rows("SELECT User, Host, Role, Admin_option FROM mysql.roles_mapping")
-    return (
-        [(str(u), str(h), str(d or "")) for u, h, d in users],
-        {(str(u), str(h)) for u, h in locked},
-        [(str(u), str(h), str(r), a == "Y") for u, h, r, a in mapping],
-        session.me(),
-    )
