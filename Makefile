@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml tests/plugin_example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e tests/plugin_example
+	$(BIN)/pip install --quiet --no-deps -e tests/plugin_example
 	@touch $(STAMP)
 
 run: $(STAMP) ## Set up and start the server on SQLite with the demo policy

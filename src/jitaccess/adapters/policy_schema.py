@@ -92,21 +92,24 @@ DEFAULT_DURATION = DurationPolicy(default=timedelta(hours=1), max=timedelta(hour
 
 
 @functools.cache
-def _grant_checkers() -> dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]]:
+def _connector_classes() -> dict[str, Any]:
     from jitaccess.adapters.connectors.registry import connector_types
 
-    checkers = {}
-    for name, cls in connector_types().items():
-        check = getattr(cls, "grant_problems", None)
-        if callable(check):
-            checkers[name] = check
-    return checkers
+    return dict(connector_types())
+
+
+def _needs_connection(target_type: str) -> bool:
+    """Every target needs admin credentials by reference, unless its connector says it does
+    not (`needs_connection = False`: fake, command)."""
+    if target_type == "fake":
+        return False
+    return bool(getattr(_connector_classes().get(target_type), "needs_connection", True))
 
 
 def _grant_problems(target_type: str | None, grants: dict[str, Any]) -> list[tuple[str, str]]:
     """Problems the target type's connector finds in a role's `grants` (key, reason)."""
-    check = _grant_checkers().get(target_type or "")
-    if check is None:
+    check = getattr(_connector_classes().get(target_type or ""), "grant_problems", None)
+    if not callable(check):
         return []
     return list(check(grants))
 
@@ -257,7 +260,7 @@ class FileWalk(NodeReader):
             self.need(fields, "type", key_node, path, self.checked(TARGET_TYPE, "type")) or "fake"
         )
         connection = self.get(fields, "connection", path, self.connection)
-        if kind != "fake" and "connection" not in fields and fields:
+        if _needs_connection(kind) and "connection" not in fields and fields:
             self.problem(
                 key_node,
                 join(path, "connection"),

@@ -64,7 +64,11 @@ class ConnectorRegistry:
             return instance
 
     def per_grant_account(self, target: Target) -> bool:
-        return bool(self._type(target).per_grant_account)
+        """The class's answer, or its `per_grant_account_for(target)` when the target's options
+        decide (a webhook or command target with `shared: true`)."""
+        cls = self._type(target)
+        hook = getattr(cls, "per_grant_account_for", None)
+        return bool(hook(target)) if callable(hook) else bool(cls.per_grant_account)
 
     def required_params(self, target: Target) -> tuple[str, ...]:
         return tuple(getattr(self._type(target), "required_params", ()))
