@@ -119,6 +119,12 @@ class Connectors(Protocol):
         """Request parameters every grant on this target needs (e.g. ssh_public_key)."""
         ...
 
+    def param_problems(
+        self, target: Target, params: Mapping[str, str]
+    ) -> builtins.list[tuple[str, str]]:
+        """(name, reason) for each request parameter the target's connector refuses."""
+        ...
+
 
 # --- persistence ------------------------------------------------------------------------------
 

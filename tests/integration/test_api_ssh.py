@@ -49,6 +49,10 @@ def test_certificate_logs_in_during_the_grant_and_not_after_an_early_revoke(
 
     missing = api.post("alice", "/api/v1/requests", {"roles": ["web/deploy"]})
     assert assert_problem(missing, 422, "invalid-input")["field"] == "ssh_public_key"
+    junk = api.post(
+        "alice", "/api/v1/requests", {"roles": ["web/deploy"], "ssh_public_key": "ssh-dss AAAA"}
+    )
+    assert assert_problem(junk, 422, "invalid-input")["field"] == "ssh_public_key"
     created = api.ask("alice", {"roles": ["web/deploy"], "ssh_public_key": public})
     grant_id = created["grants"][0]
     report = api.work()
@@ -65,6 +69,8 @@ def test_certificate_logs_in_during_the_grant_and_not_after_an_early_revoke(
         assert sshd.can_login(key, certificate)
         assert not sshd.can_login(key)  # the bare key is not enough
 
+        extend = api.post("alice", f"/api/v1/grants/{grant_id}/extend", {"duration": "10m"})
+        assert assert_problem(extend, 409, "conflict")["rule"] == "cannot-extend"
         revoked = api.post("sec", f"/api/v1/grants/{grant_id}/revoke", {"reason": "leaver"})
         assert revoked.status_code == 200, revoked.text
         api.work()

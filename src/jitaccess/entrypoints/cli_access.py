@@ -53,7 +53,10 @@ def request_cmd(
     }
     if ssh_key is not None:
         try:
-            body["ssh_public_key"] = ssh_key.read_text(encoding="utf-8").strip()
+            text = ssh_key.read_text(encoding="utf-8").strip()
+            if "PRIVATE KEY" in text:
+                fail(f"--ssh-key {ssh_key} is a private key: give the .pub file", EXIT_USAGE)
+            body["ssh_public_key"] = text
         except (OSError, UnicodeDecodeError) as exc:
             fail(f"cannot read --ssh-key {ssh_key}: {exc}", EXIT_USAGE)
     result = Client().call("POST", "/requests", json=body, params={"dry_run": str(dry_run).lower()})

@@ -63,6 +63,12 @@ def extend_grant(
                 "break glass again if the emergency goes on",
                 rule="break-glass-extension",
             )
+        target = policy.targets.get(grant.target)
+        if target is not None and not getattr(connectors.for_target(target), "can_extend", True):
+            raise Conflict(
+                f"grants on {target.name} ({target.type}) cannot be extended: request a new grant",
+                rule="cannot-extend",
+            )
         extension_end(role, grant.starts_at, grant.ends_at, duration)
         check_requirements((role,), justification, ticket or None, mfa_verified=True)
         if role.require.mfa:

@@ -317,8 +317,19 @@ def _record_health(
     with uow_factory() as uow:
         now = clock.now()
         previous = next((h for h in uow.ops.health() if h.target == target.name), None)
-        uow.ops.save_health(
-            TargetHealth(
+        if result.ok and previous is not None:
+            # A listing that worked says nothing about the admin's other rights: keep what the
+            # last health check found, and note when the target was reconciled.
+            health = TargetHealth(
+                target.name,
+                target.type,
+                previous.checked_at,
+                previous.ok,
+                previous.error,
+                now if reconciled else previous.reconciled_at,
+            )
+        else:
+            health = TargetHealth(
                 target.name,
                 target.type,
                 now,
@@ -326,5 +337,5 @@ def _record_health(
                 result.error,
                 now if reconciled else (previous.reconciled_at if previous else None),
             )
-        )
+        uow.ops.save_health(health)
         uow.commit()

@@ -224,7 +224,12 @@ def _check_params(
             raise InvalidInput(
                 f"{name} must be one line of at most {MAX_PARAM} characters", field=name
             )
-    return {name: given[name].strip() for name in needed}
+    kept = {name: given[name].strip() for name in needed}
+    for role in roles:
+        target = policy.targets.get(role.target)
+        for name, reason in connectors.param_problems(target, kept) if target else ():
+            raise InvalidInput(f"{name}: {reason}", field=name)
+    return kept
 
 
 def on_call_now(

@@ -115,3 +115,6 @@ class FakeConnectors:
 
     def required_params(self, target: Target) -> tuple[str, ...]:
         return ()
+
+    def param_problems(self, target: Target, params: Mapping[str, str]) -> list[tuple[str, str]]:
+        return []

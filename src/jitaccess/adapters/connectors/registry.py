@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, Protocol, cast
 
@@ -72,6 +73,10 @@ class ConnectorRegistry:
 
     def required_params(self, target: Target) -> tuple[str, ...]:
         return tuple(getattr(self._type(target), "required_params", ()))
+
+    def param_problems(self, target: Target, params: Mapping[str, str]) -> list[tuple[str, str]]:
+        check = getattr(self._type(target), "param_problems", None)
+        return list(check(params)) if callable(check) else []
 
     def types(self) -> dict[str, ConnectorClass]:
         return dict(self._types)

@@ -32,6 +32,8 @@ from jitaccess.domain.errors import ConnectorError
 from jitaccess.domain.policy import Target
 from jitaccess.ports import Access, ExistingAccess
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 log = logging.getLogger(__name__)
 
 GRANT_KEY = "ssh_principals"
@@ -58,6 +60,17 @@ class SshConnector:
 
     per_grant_account = True
     required_params = ("ssh_public_key",)
+    can_extend = False  # a certificate's validity cannot move: extensions are refused early
+
+    @staticmethod
+    def param_problems(params: Mapping[str, str]) -> list[tuple[str, str]]:
+        """Checked when the request is made, so a bad key never reaches the worker."""
+        probe = Access("request", "", "", "", {}, _EPOCH, _EPOCH, params=dict(params))
+        try:
+            requester_key(probe, lambda message: message)
+        except ConnectorError as error:
+            return [("ssh_public_key", error.message.removeprefix("grant request: "))]
+        return []
 
     def __init__(
         self,
