@@ -63,3 +63,9 @@ def test_format_uses_the_shortest_exact_spelling(value: timedelta, text: str) ->
 def test_format_then_parse_gives_the_same_length(seconds: int) -> None:
     value = timedelta(seconds=seconds)
     assert parse_duration(format_duration(value)) == value
+
+
+def test_absurd_durations_and_non_ascii_digits_are_refused_with_value_error() -> None:
+    for text in ("999999999999d", "99999999999999999999s", "P9999999999D", "\u0663m", "1\u0660m"):
+        with pytest.raises(ValueError):
+            parse_duration(text)

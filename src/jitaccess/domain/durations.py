@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-_SHORT = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_COMPOUND = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# ASCII digits only: `\d` alone also matches other scripts' digits.
+_SHORT = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.ASCII)
+_COMPOUND = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$", re.ASCII)
 _ISO = re.compile(
-    r"^P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?$"
+    r"^P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?$",
+    re.ASCII,
 )
+# Far beyond any grant, well inside what timedelta and datetime arithmetic can hold.
+MAX_DURATION = timedelta(days=3650)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -40,6 +44,8 @@ def parse_duration(text: str) -> timedelta:
 def _positive(seconds: int, text: str) -> timedelta:
     if seconds <= 0:
         raise ValueError(f"duration must be positive: {text!r}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration is longer than 10 years: {text!r}")
     return timedelta(seconds=seconds)
 
 

@@ -14,8 +14,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jitaccess.domain.errors import (
@@ -137,14 +138,55 @@ async def _on_validation_error(_: Request, exc: Exception) -> ProblemResponse:
     )
 
 
+async def _on_data_error(_: Request, exc: Exception) -> ProblemResponse:
+    # PEP 249's DataError is about a value, not the database: PostgreSQL refuses a NUL in text
+    # or a number too large for its column. The request sent it, so it is a 422, not a 503.
+    assert isinstance(exc, DataError)
+    logger.info("database refused a value: %s", type(exc.orig).__name__)
+    return problem(
+        422,
+        InvalidInput.code,
+        "Invalid input",
+        "the request holds a value that cannot be stored (a NUL character, a number too large)",
+    )
+
+
 async def _on_database_error(_: Request, exc: Exception) -> ProblemResponse:
     # The driver's message can hold the DSN's host and user; the log gets the type only.
     logger.error("database error: %s", type(exc).__name__)
     return problem(503, Unavailable.code, "Service unavailable", DATABASE_UNAVAILABLE)
 
 
-async def _on_http_error(_: Request, exc: Exception) -> ProblemResponse:
+_HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods some route answers on the request's path, for a 405's `Allow`."""
+    scope = request.scope
+    path = {key: scope[key] for key in ("type", "path", "root_path") if key in scope}
+    return ", ".join(
+        method
+        for method in _HTTP_METHODS
+        if any(
+            route.matches({**path, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    )
+
+
+async def _on_http_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI answers a JSON body that is not UTF-8 with a bare 400; malformed JSON is a 422
+        # invalid-input problem, and so is this (the same answer as PUT /policy gives).
+        return problem(
+            422, InvalidInput.code, "Invalid input", "the body is not UTF-8 JSON", field="body"
+        )
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette's `Allow` names the methods of the first route on the path only (GET of
+        # /policy, not its PUT); RFC 9110 asks for all the methods the resource supports.
+        headers["Allow"] = _allowed_methods(request)
     try:
         phrase = HTTPStatus(exc.status_code).phrase
     except ValueError:
@@ -155,7 +197,7 @@ async def _on_http_error(_: Request, exc: Exception) -> ProblemResponse:
         "http",
         phrase,
         str(exc.detail),
-        headers=exc.headers,
+        headers=headers,
         type_uri="about:blank",
     )
 
@@ -163,6 +205,7 @@ async def _on_http_error(_: Request, exc: Exception) -> ProblemResponse:
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JitAccessError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(DataError, _on_data_error)  # found before its parent, DBAPIError
     app.add_exception_handler(DBAPIError, _on_database_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
 

@@ -22,6 +22,8 @@ from jitaccess.services.verify_audit import verify_audit
 router = APIRouter(prefix="/api/v1", responses=COMMON)
 
 MAX_POLICY_BYTES = 1_000_000
+# Audit sequence numbers are 64-bit in both stores; a larger `after` is a 422, not a driver error.
+MAX_SEQ = 2**63 - 1
 YAML_TYPES = frozenset(
     {"", "application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}
 )
@@ -54,7 +56,9 @@ def check(
 def get_audit(
     caller: Principal,
     container: ContainerDep,
-    after: Annotated[int, Query(ge=0, description="records after this sequence number")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="records after this sequence number")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     tail: Annotated[
         int | None, Query(ge=1, le=5000, description="only the newest N (ignores after/limit)")
@@ -145,7 +149,7 @@ POLICY_BODY = {
     "/policy",
     tags=["policy"],
     response_model=schemas.PolicyApplied,
-    responses=problem_responses(403),
+    responses=problem_responses(403, 409),
     openapi_extra=POLICY_BODY,
 )
 def put_policy(

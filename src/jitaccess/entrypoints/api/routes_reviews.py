@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from jitaccess.domain.errors import InvalidInput
 from jitaccess.domain.model import ReviewState
 from jitaccess.entrypoints.api import schemas
 from jitaccess.entrypoints.api.auth import Principal
@@ -70,8 +71,12 @@ def get_notifications(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> schemas.NotificationList:
     """The caller's inbox, newest first: approvals needed, escalations, decisions, alerts."""
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    if since is not None:
+        try:
+            since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
+        except OverflowError:
+            # 0001-01-01T00:00:00+14:00 is a valid timestamp that UTC cannot hold.
+            raise InvalidInput("since is out of range", field="since") from None
     with container.uow.readonly() as uow:
         found = list_notifications(uow, viewer=principal, since=since, limit=limit)
     return schemas.NotificationList(items=[schemas.NotificationOut.of(n) for n in found])

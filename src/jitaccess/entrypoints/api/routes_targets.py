@@ -73,7 +73,7 @@ def get_drift(
     "/reconcile",
     tags=["targets"],
     response_model=schemas.ReconcileOut,
-    responses=problem_responses(403),
+    responses=problem_responses(403, 404),
 )
 def post_reconcile(
     principal: Principal,

@@ -38,7 +38,11 @@ DURATION_EXAMPLES = ["30m", "1h30m", "PT1H"]
 
 def _check_duration(value: str | None) -> str | None:
     if value is not None:
-        parse_duration(value)  # raises ValueError, which names the field in the 422
+        try:
+            parse_duration(value)  # raises ValueError, which names the field in the 422
+        except OverflowError:
+            # ... and lets timedelta's OverflowError out for "999999999999d", which would be a 500.
+            raise ValueError(f"duration out of range: {value!r}") from None
     return value
 
 
@@ -48,6 +52,16 @@ def _check_duration(value: str | None) -> str | None:
 class Body(BaseModel):
     # Unknown keys are refused, so a typo (`reason` for `justification`) never passes silently.
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # PostgreSQL cannot store a NUL in text (SQLite can): refused here on both stores, it
+        # never reaches a write, nor the audit record, whose failure would read as an outage.
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and "\x00" in text for text in texts):
+            raise ValueError("text must not contain NUL characters")
+        return value
 
 
 class RequestCreate(Body):
@@ -103,7 +117,7 @@ class Extend(Body):
     @field_validator("duration")
     @classmethod
     def _parses(cls, value: str) -> str:
-        parse_duration(value)
+        _check_duration(value)
         return value
 
     def duration_value(self) -> timedelta:
