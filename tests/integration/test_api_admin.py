@@ -173,6 +173,13 @@ def test_an_admin_applies_a_new_policy_version(api: Api) -> None:
     assert api.ask("alice", {"roles": ["demo/read"], "duration": "3h"})["policy_version"] == 2
 
 
+def test_an_admin_cannot_lock_every_admin_out_through_the_api(api: Api) -> None:
+    orphaned = POLICY.replace("admins: [group:security]", "admins: []")
+    response = api.client.put("/api/v1/policy", json={"yaml": orphaned}, headers=api.auth("sec"))
+    assert assert_problem(response, 409, "conflict")["rule"] == "admin-lockout"
+    assert api.policy_version() == 1
+
+
 def test_a_policy_body_of_the_wrong_kind_is_refused(api: Api) -> None:
     wrong_json = api.client.put("/api/v1/policy", json={"yml": POLICY}, headers=api.auth("sec"))
     wrong_type = api.client.put(

@@ -42,6 +42,21 @@ def apply_policy(
         )
     if current is not None and current.digest == digest:
         return None
+    if not on_server_host and not policy.is_admin(actor):
+        # Through the API, a policy that leaves its applier without admin rights could lock
+        # every admin out; only the server host may make that change.
+        raise refuse(
+            uow,
+            now,
+            actor,
+            "policy.apply",
+            "policy",
+            Conflict(
+                f"the new policy would leave {actor} without admin rights; keep yourself among "
+                "the admins, or apply it on the server host (`jitaccess policy apply`)",
+                rule="admin-lockout",
+            ),
+        )
     stranded = sorted(
         f"{role} (target {target})"
         for role, target in uow.grants.live_roles()
