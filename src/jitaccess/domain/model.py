@@ -226,11 +226,19 @@ class Grant:
         """Move to revoking; the grant is marked ended only when the target confirms."""
         if self.state not in (GrantState.SCHEDULED, GrantState.ACTIVATING, GrantState.ACTIVE):
             raise Conflict(f"grant {self.id} is {self.state.value}: it is already ending or ended")
+        # A worker may be provisioning it right now (its lease is in next_attempt_at): the
+        # revoke waits for that worker, who hands it on when its provision lands, so the two
+        # never run out of order.
+        provisioning = (
+            self.state is GrantState.ACTIVATING
+            and self.next_attempt_at is not None
+            and self.next_attempt_at > now
+        )
         self.state = GrantState.REVOKING
         self.end_reason = reason
         self.ended_by = actor
         self.end_comment = comment
-        self.next_attempt_at = now
+        self.next_attempt_at = self.next_attempt_at if provisioning else now
         self._clear_failure()
 
     def confirm_ended(self, now: datetime) -> None:

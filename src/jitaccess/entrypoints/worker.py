@@ -75,6 +75,9 @@ class Worker:
         while not self.stop.is_set():
             try:
                 report = self.run_once()
+                # Planning the sleep reads the database too: a failure here must not end the
+                # thread (the process would look alive and never expire anything again).
+                idle = 0.0 if report.full else self.seconds_until_due()
                 failures = 0
             except (Unavailable, DBAPIError) as error:
                 failures += 1
@@ -91,7 +94,6 @@ class Worker:
                 continue
             if report.full:
                 continue  # a whole batch: more is waiting right behind it
-            idle = self.seconds_until_due()
             if idle <= 0:
                 continue
             log.debug("worker idle for up to %.3fs", idle)

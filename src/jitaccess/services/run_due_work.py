@@ -13,10 +13,17 @@ import random
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from jitaccess.domain.model import ENDED_GRANT_STATES, EndReason, Grant, GrantState, retry_delay
-from jitaccess.ports import Clock, Connectors, PolicyVersion, SecretBox, UnitOfWorkFactory
+from jitaccess.ports import (
+    Clock,
+    Connectors,
+    PolicyVersion,
+    SecretBox,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from jitaccess.services.approval_flow import announce_escalations
 from jitaccess.services.context import audit
 from jitaccess.services.grant_issuing import access_of, target_of
@@ -158,13 +165,19 @@ class _Pass:
         with self.uow_factory() as uow:
             now = self.clock.now()
             grant = uow.grants.get(claim.grant.id, for_update=True)
+            if grant is not None and grant.state is GrantState.REVOKING:
+                # Ended while we provisioned: the revoke waited for us; it may run now.
+                grant.next_attempt_at = now
+                uow.grants.save(grant)
+                uow.wake_worker()
+                uow.commit()
+                return
             if grant is None or grant.state is not GrantState.ACTIVATING:
-                # Ended while we provisioned: make sure nothing is left behind.
                 if grant is not None and grant.state in ENDED_GRANT_STATES:
-                    policy = claim.policy.policy
-                    self.connectors.for_target(target_of(policy, grant.target)).revoke(
-                        access_of(policy, grant)
-                    )
+                    # Ended and confirmed meanwhile (our lease ran out): take away what we just
+                    # made, and if the target refuses, say so loudly; drift detection is the
+                    # net that finds it later.
+                    self._remove_late_access(uow, claim, grant, now)
                 return
             grant.mark_provisioned(now)
             uow.grants.save(grant)
@@ -188,6 +201,36 @@ class _Pass:
                 uow.wake_worker()
             uow.commit()
             self.report.provisioned += 1
+
+    def _remove_late_access(
+        self, uow: UnitOfWork, claim: _Claim, grant: Grant, now: datetime
+    ) -> None:
+        policy = claim.policy.policy
+        try:
+            self.connectors.for_target(target_of(policy, grant.target)).revoke(
+                access_of(policy, grant)
+            )
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"[:500]
+            audit(
+                uow,
+                now,
+                "system",
+                "grant.leftover_access",
+                grant.id,
+                comment="provisioned after the grant ended; removing it failed: " + message,
+                data={"principal": grant.principal, "role": grant.role, "target": grant.target},
+            )
+            notify(
+                uow,
+                now,
+                policy.people(policy.admins),
+                "leftover-access",
+                grant.id,
+                f"access of ended grant {grant.id} ({grant.principal}, {grant.role}) may remain in "
+                f"{grant.target}: {message}; `jitaccess reconcile` finds and removes it",
+            )
+            uow.commit()
 
     def _after_revoke(self, claim: _Claim, retained_by: list[str]) -> None:
         with self.uow_factory() as uow:
