@@ -553,10 +553,39 @@ class LifecycleMachine(RuleBasedStateMachine):
             then_work,
         )
 
+    @rule(
+        who=st.sampled_from(("olive", "olive", "alice")),
+        others=st.lists(st.sampled_from((READ, ADMIN, OPS, CAPPED)), max_size=1),
+        duration=st.sampled_from([timedelta(minutes=m) for m in (10, 29, 30, 31, 45)]),
+        partial=st.booleans(),
+        then_work=st.booleans(),
+    )
+    def request_while_on_call(
+        self, who: str, others: list[str], duration: timedelta, partial: bool, then_work: bool
+    ) -> None:
+        """Around the auto-approval rule's edges: on call or not, at most 30m or just over."""
+        self.attempt(
+            lambda: self.h.request(who, AUTO, *others, duration=duration, partial=partial),
+            then_work,
+        )
+
     @precondition(has_requests)
     @rule(who=approvers, pick=picks, decision=st.sampled_from(Decision), then_work=st.booleans())
     def decide(self, who: str, pick: Pick, decision: Decision, then_work: bool) -> None:
         self.decide_and_count(who, self.pick_request(pick), decision, then_work)
+
+    @precondition(has_pending)
+    @rule(
+        pick=st.integers(min_value=0, max_value=10_000),
+        decision=st.sampled_from(Decision),
+        then_work=st.booleans(),
+    )
+    def decide_own_request(self, pick: int, decision: Decision, then_work: bool) -> None:
+        """Nobody decides on their own request, not even an approver of its stages (bob is a
+        dba)."""
+        pending = self.pending()
+        request = pending[pick % len(pending)]
+        self.decide_and_count(request.requester, request, decision, then_work)
 
     @precondition(has_pending)
     @rule(
