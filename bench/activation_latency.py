@@ -52,7 +52,7 @@ class Plan:
     warmup: int = 5  # untimed rounds first: connection pools, policy cache, imports
 
 
-FULL = Plan(iterations=200)
+FULL = Plan(iterations=100)
 QUICK = Plan(iterations=50)
 
 

@@ -1,5 +1,11 @@
-"""Revocation lag: how long after a grant's end its access is confirmed gone, with 1,000 grants
-ending over a ~20 s window, provisioned and revoked by the real threaded `Worker`.
+"""Revocation lag: how long after a grant's end its access is confirmed gone, revoked by the real
+threaded `Worker`.
+
+- 1,000 grants made through `request_access` (provisioned by the worker) that end over 20 s:
+  with the postgres connector on a PostgreSQL store, and with the fake connector on SQLite.
+- 1,000 / 10,000 / 100,000 active grants written in bulk (bench/bulk.py) on a PostgreSQL
+  store with the fake connector, of which 1,000 end over 20 s (50/s, the rate of the first
+  case) while the others stay active: the lag at that many active grants.
 
 Lag of a grant = `ended_at` (written only after the connector confirmed the revoke) - `ends_at`.
 A poller thread independently watches a sample of the accounts in the target itself.
@@ -17,10 +23,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from sqlalchemy import func, select
 
+from bench.bulk import ActiveGrant, accesses, insert_active_grants, settle
 from bench.setup import (
     TARGET_ENV,
     Stack,
+    TimedWorker,
+    WaitSampler,
+    database_of,
     grant_states,
     jitaccess_stack,
     progress,
@@ -30,6 +41,7 @@ from bench.setup import (
 )
 from jitaccess.adapters.connectors.fake import FakeConnector
 from jitaccess.adapters.connectors.postgres import login_role_name
+from jitaccess.adapters.db.tables import grants
 from jitaccess.bootstrap import Container
 from jitaccess.domain.model import Grant, GrantState, Request
 from jitaccess.entrypoints.worker import Worker
@@ -55,7 +67,29 @@ class Plan:
 
 
 FULL = Plan(grants=1000, window=20.0, sampled=50)
-QUICK = Plan(grants=200, window=10.0, sampled=20)
+QUICK = Plan(grants=200, window=6.0, sampled=20)
+
+
+@dataclass(frozen=True)
+class BulkPlan:
+    """`active` grants written in bulk; `ending` of them end over `window` seconds starting
+    `lead` seconds after they are written, the others an hour or more later."""
+
+    active: int
+    ending: int
+    window: float
+    sampled: int
+    lead: float = 4.0
+    poll_interval: float = 0.005
+
+
+FULL_BULK = (
+    BulkPlan(active=1_000, ending=1_000, window=20.0, sampled=50),
+    BulkPlan(active=10_000, ending=1_000, window=20.0, sampled=50),
+    BulkPlan(active=100_000, ending=1_000, window=20.0, sampled=50),
+)
+WARM_UP = 16  # grants ending 2 s before the window of a bulk variant, not measured
+QUICK_BULK = (BulkPlan(active=10_000, ending=200, window=6.0, sampled=20),)
 
 
 def policy(run: str, grants: int, target: str, role_grants: str) -> str:
@@ -137,7 +171,10 @@ def fake_presence(connector: FakeConnector) -> Callable[[Sequence[str]], set[str
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     plan = QUICK if quick else FULL
-    return [measure("postgres", "postgres", plan), measure("sqlite", "fake", plan)]
+    results = [measure("postgres", "postgres", plan), measure("sqlite", "fake", plan)]
+    for bulk in QUICK_BULK if quick else FULL_BULK:
+        results.append(measure_bulk("postgres", bulk))
+    return results
 
 
 def measure(store: str, connector: str, plan: Plan) -> dict[str, Any]:
@@ -203,6 +240,7 @@ def _measure(
     sample = _sample(grant_ids, plan.sampled)
     poller, close = _poller(bench, connector, sample, plan)
     poller.start()
+    waits = _wait_sampler(container)
     passes_before = worker.passes
     deadline = first_end + timedelta(seconds=plan.window + 120)
     try:
@@ -210,15 +248,120 @@ def _measure(
     finally:
         poller.stop()
         close()
+    waited = waits.stop() if waits else None
     passes = worker.passes - passes_before
     progress(
         f"{NAME} [{label}]: grants by state {states}; the worker made {passes} passes, "
         f"the poller {poller.polls} checks"
     )
     grants = _grants(bench, grant_ids)
-    result = _report(bench, grants, poller, plan, label, connector, bench.store, margin)
+    result = _report(bench, grants, poller, plan.poll_interval, label, connector, margin)
+    result.update(grants=plan.grants, window_s=plan.window, created_by="request_access")
+    result["database_waits"] = waited
     result["worker_passes"] = passes
     return result
+
+
+def measure_bulk(store: str, plan: BulkPlan) -> dict[str, Any]:
+    run = run_id()
+    label = f"fake connector, {store} store, {plan.active:,} active"
+    progress(f"{NAME} [{label}]: {plan.active} active grants, {plan.ending} ending over "
+             f"{plan.window:.0f}s (run {run})")  # fmt: skip
+    with ExitStack() as stack:
+        text = policy(run, 1, "{type: fake}", "{scope: read}")
+        bench = stack.enter_context(jitaccess_stack(store, text))
+        container = bench.container
+        now = datetime.now(UTC)
+        staying = [
+            ActiveGrant(f"{run}s{i:06d}", now, now + timedelta(hours=1, seconds=i % 3600))
+            for i in range(plan.active - plan.ending)
+        ]
+        made = insert_active_grants(container, ROLE, staying, f"{NAME} [{label}]")
+        settle(container, f"{NAME} [{label}]")
+        target = container.current_policy().targets["bench"]
+        fake = bench.connectors.inner(target)
+        assert isinstance(fake, FakeConnector)
+        for access in accesses(container, made):
+            fake.provision(access)
+        del made
+        # The measured grants last, so the window starts `lead` seconds after everything else.
+        first_end = datetime.now(UTC) + timedelta(seconds=plan.lead)
+        step = plan.window / plan.ending
+        ending = [
+            ActiveGrant(f"{run}e{i:06d}", now, first_end + timedelta(seconds=i * step))
+            for i in range(plan.ending)
+        ]
+        # Not measured: they end just before the window, so that the worker's connections
+        # and statement caches are warm, as in a worker that has been running for a while.
+        warm_up = [
+            ActiveGrant(f"{run}w{i:06d}", now, first_end - timedelta(seconds=2 - i / 8))
+            for i in range(WARM_UP)
+        ]
+        measured = insert_active_grants(container, ROLE, ending, f"{NAME} [{label}]")
+        warming = insert_active_grants(container, ROLE, warm_up, f"{NAME} [{label}] warm-up")
+        for access in accesses(container, [*measured, *warming]):
+            fake.provision(access)
+        worker = TimedWorker(container)
+        worker.start()
+        stack.callback(worker.shutdown)
+        margin = (first_end - datetime.now(UTC)).total_seconds()
+        grant_ids = [g.id for g in measured]
+        sample = _sample(grant_ids, plan.sampled)
+        accounts = {g.id: f"{g.principal}@{g.role}" for g in measured if g.id in set(sample)}
+        poller = Poller(accounts, fake_presence(fake), plan.poll_interval)
+        poller.start()
+        waits = _wait_sampler(container)
+        deadline = first_end + timedelta(seconds=plan.window + 300)
+        try:
+            _wait(
+                container,
+                lambda s: s.get("expired", 0) >= plan.ending + WARM_UP,
+                deadline,
+                label,
+                _expired_count,  # not a GROUP BY over every grant five times a second
+            )
+        finally:
+            poller.stop()
+        waited = waits.stop() if waits else None
+        worker.shutdown()
+        states = grant_states(container)
+        progress(
+            f"{NAME} [{label}]: grants by state {states}; the worker made {worker.passes} "
+            f"passes, the poller {poller.polls} checks"
+        )
+        result = _report(
+            bench, _grants(bench, grant_ids), poller, plan.poll_interval, label, "fake", margin
+        )
+        result.update(
+            grants=plan.ending,
+            active=plan.active,
+            warm_up_grants=WARM_UP,
+            window_s=plan.window,
+            created_by="bulk",
+            still_active=states.get("active", 0),
+            worker_passes=worker.passes,
+            worker=worker.summary(since=first_end.timestamp() - 0.5),
+            database_waits=waited,
+        )
+        return result
+    raise AssertionError("unreachable")
+
+
+def _wait_sampler(container: Container) -> WaitSampler | None:
+    database = database_of(container)
+    if database is None:
+        return None
+    sampler = WaitSampler(database)
+    sampler.start()
+    return sampler
+
+
+def _expired_count(container: Container) -> dict[str, int]:
+    with container.engine.connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(grants).where(grants.c.state == "expired")
+        ).scalar_one()
+    return {"expired": int(count)}
 
 
 def _sample(grant_ids: list[str], count: int) -> list[str]:
@@ -243,18 +386,25 @@ def _poller(
 
 
 def _grants(bench: Stack, grant_ids: list[str]) -> list[Grant]:
-    wanted = set(grant_ids)
+    found: list[Grant] = []
     with bench.container.uow.readonly() as uow:
-        every = uow.grants.list(limit=len(grant_ids) + 1_000_000)
-    return [g for g in every if g.id in wanted]
+        for grant_id in grant_ids:
+            grant = uow.grants.get(grant_id)
+            if grant is not None:
+                found.append(grant)
+    return found
 
 
 def _wait(
-    container: Container, done: Callable[[dict[str, int]], bool], deadline: datetime, label: str
+    container: Container,
+    done: Callable[[dict[str, int]], bool],
+    deadline: datetime,
+    label: str,
+    states_of: Callable[[Container], dict[str, int]] = grant_states,
 ) -> dict[str, int]:
     last_print = time.monotonic()
     while True:
-        states = grant_states(container)
+        states = states_of(container)
         if done(states) or datetime.now(UTC) > deadline:
             return states
         if time.monotonic() - last_print >= 5:
@@ -271,10 +421,9 @@ def _report(
     bench: Stack,
     grants: list[Grant],
     poller: Poller,
-    plan: Plan,
+    poll_interval: float,
     label: str,
     connector: str,
-    store: str,
     margin: float,
 ) -> dict[str, Any]:
     ended = [g for g in grants if g.ended_at is not None and g.state is GrantState.EXPIRED]
@@ -298,16 +447,15 @@ def _report(
         gid
         for gid, lag in observed.items()
         if (ended_at := by_id[gid].ended_at) is not None
-        and lag > _ms(ended_at - by_id[gid].ends_at) + 1000 * plan.poll_interval + 50
+        and lag > _ms(ended_at - by_id[gid].ends_at) + 1000 * poll_interval + 50
     ]
     stats = summary(lags)
+    first_end = min((g.ends_at for g in ended), default=None)
     result: dict[str, Any] = {
         "benchmark": NAME,
-        "variant": f"{connector} connector, {store} store",
+        "variant": label,
         "connector": connector,
-        "store": store,
-        "grants": plan.grants,
-        "window_s": plan.window,
+        "store": bench.store,
         "ended": len(ended),
         "not_ended": len(grants) - len(ended),
         "active_margin_s": round(margin, 1),
@@ -327,8 +475,15 @@ def _report(
             "max_observed_lag_ms": round(max(observed.values()), 2) if observed else None,
             "p50_observed_lag_ms": summary(list(observed.values()))["p50"],
             "gone_later_than_reported": len(beyond),
-            "interval_ms": plan.poll_interval * 1000,
+            "interval_ms": poll_interval * 1000,
         },
+        # Per grant, for the chart: seconds from the first end to its end, and its lag.
+        "lags": [
+            [round((g.ends_at - first_end).total_seconds(), 3), round(lag, 1)]
+            for g, lag in zip([g for g in ended if g.ended_at is not None], lags, strict=True)
+        ]
+        if first_end is not None
+        else [],
     }
     progress(
         f"{NAME} [{label}]: lag p50 {stats['p50']:.0f} ms, p99 {stats['p99']:.0f} ms, "

@@ -1,5 +1,6 @@
-"""`python -m bench.run` (`make bench`): run the benchmarks, print a table, write
-bench/results/latest.json and the results section of bench/README.md."""
+"""`python -m bench.run` (`make bench`): run the benchmarks, print the figures against their
+baselines and targets, write bench/results/latest.json, the revocation-lag chart and the
+results section of bench/README.md. Figures only: a missed target is reported, never failed."""
 
 from __future__ import annotations
 
@@ -10,33 +11,114 @@ import platform
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import activation_latency, revocation_lag
+from bench import (
+    activation_latency,
+    audit_verify,
+    check_api,
+    cold_start,
+    peak_rss,
+    revocation_lag,
+    throughput,
+)
+from bench.chart import write_revocation_chart
 from bench.setup import ForeignLoad, progress, server_version
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "latest.json"
+CHART = HERE / "results" / "revocation_lag.png"
 README = HERE / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
-Runner = Callable[[argparse.Namespace], list[dict[str, Any]]]
-BENCHMARKS: dict[str, Runner] = {
-    revocation_lag.NAME: lambda args: revocation_lag.run(args.quick),
-    activation_latency.NAME: lambda args: activation_latency.run(
-        args.quick, HERE / "results" if args.profile else None
+
+@dataclass(frozen=True)
+class Benchmark:
+    run: Callable[[argparse.Namespace], list[dict[str, Any]]]
+    about: str
+    in_default_run: bool = True
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    revocation_lag.NAME: Benchmark(
+        lambda a: revocation_lag.run(a.quick),
+        "ended_at - ends_at at 1k grants (postgres and fake connectors) and at 1k/10k/100k "
+        "active grants (fake connector); target p99 <= 1 s (full ~4 min, quick ~1 min)",
+    ),
+    cold_start.NAME: Benchmark(
+        lambda a: cold_start.run(a.quick),
+        "a worker starts with 10,000 grants already past their end: time until all ended, "
+        "rate (full ~2 min, quick ~20 s)",
+    ),
+    throughput.NAME: Benchmark(
+        lambda a: throughput.run(a.quick),
+        "request + auto-approval + provision from 4 threads, grants/s vs raw INSERTs of the "
+        "same rows; target >= 300/s (full ~40 s, quick ~15 s)",
+    ),
+    check_api.NAME: Benchmark(
+        lambda a: check_api.run(a.quick),
+        "GET /api/v1/check under load vs a bare FastAPI endpoint of the same shape; target "
+        ">= 0.7x its throughput (full ~1 min, quick ~20 s)",
+    ),
+    peak_rss.NAME: Benchmark(
+        lambda a: peak_rss.run(a.quick),
+        "peak RSS and policy load time of `jitaccess serve` with 100k active grants and a "
+        "large policy, extrapolated to 1M eligibility rows; target <= 500 MB (full ~2 min)",
+    ),
+    audit_verify.NAME: Benchmark(
+        lambda a: audit_verify.run(a.quick),
+        "audit chain verification over 200k records vs hashlib alone; target >= 100k "
+        "records/s (full ~1 min)",
+    ),
+    activation_latency.NAME: Benchmark(
+        lambda a: activation_latency.run(a.quick, HERE / "results" if a.profile else None),
+        "request + approval + provision latency vs the raw SQL of the postgres connector; "
+        "target <= 3x (full ~1 min)",
+    ),
+    peak_rss.FULL_SCALE_NAME: Benchmark(
+        lambda a: peak_rss.run_full_scale(a.quick),
+        "peak_rss at the real 1,000,000 eligibility rows (not in the default run: the "
+        "product takes ~10 min to load such a policy)",
+        in_default_run=False,
     ),
 }
 
 
+def _help() -> str:
+    lines = [
+        textwrap.fill(b.about, 96, initial_indent=f"  {name:<19} ", subsequent_indent=" " * 22)
+        for name, b in BENCHMARKS.items()
+    ]
+    return "benchmarks (all but peak_rss_full run by default):\n" + "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer grants and iterations")
-    parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        epilog=_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes and shorter windows: about 2 minutes in all (the full run takes "
+        "about 10); figures are marked (quick)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(BENCHMARKS),
+        metavar="NAME",
+        help="run only this benchmark (repeat for several); the others' last results are "
+        f"kept. One of: {', '.join(BENCHMARKS)}",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -44,18 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profiler slows what it watches, so a profiled run does not update the results",
     )
     args = parser.parse_args(argv)
+    chosen = args.only or [n for n, b in BENCHMARKS.items() if b.in_default_run]
     started = time.monotonic()
     machine = machine_facts()
     progress(
         f"machine: {machine['cpus']} CPU(s), {machine['cpu_model']}, Python "
-        f"{machine['python']}, PostgreSQL {machine['postgresql']}"
+        f"{machine['python']}, PostgreSQL {machine['postgresql']}; running {', '.join(chosen)}"
+        + (" (quick)" if args.quick else "")
     )
     ran: dict[str, Any] = {}
-    for name, runner in BENCHMARKS.items():
-        if args.only and name != args.only:
-            continue
+    for i, name in enumerate(chosen, 1):
+        progress(f"=== [{i}/{len(chosen)}] {name} ===")
         began, others = time.monotonic(), ForeignLoad()
-        results = runner(args)
+        results = BENCHMARKS[name].run(args)
         ran[name] = {
             "ran_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "quick": args.quick,
@@ -73,15 +156,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         [".venv/bin/python -m bench.run", *(argv if argv is not None else sys.argv[1:])]
     )
     document = merge(load(RESULTS), ran, machine, command.strip(), runtime)
-    rows = table_rows(document)
+    rows = summary_rows(document)
     print()
-    print(text_table(rows))
+    print(text_table(SUMMARY_HEADER, rows))
     print()
     if args.profile:
-        progress("profiled run: latest.json and README.md left as they were")
+        progress("profiled run: latest.json, the chart and README.md left as they were")
     else:
+        if revocation_lag.NAME in ran:
+            entry = ran[revocation_lag.NAME]
+            write_revocation_chart(
+                entry["results"],
+                CHART,
+                f"Revocation lag, {entry['ran_at']}{' (quick)' if args.quick else ''}, "
+                f"commit {machine['commit']}",
+            )
+            progress(f"wrote {CHART.relative_to(HERE.parent)}")
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+        RESULTS.write_text(json.dumps(document, indent=1) + "\n")
         write_readme(document, rows)
         progress(f"wrote {RESULTS.relative_to(HERE.parent)} and {README.relative_to(HERE.parent)}")
     progress(f"total runtime {runtime:.0f}s")
@@ -104,12 +196,21 @@ def machine_facts() -> dict[str, Any]:
         cpus = len(os.sched_getaffinity(0))  # what `nproc` prints
     except AttributeError:
         cpus = os.cpu_count() or 0
+    memory = "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+                break
+    except OSError:
+        pass
     commit = _git("rev-parse", "--short", "HEAD")
     if commit and _git("status", "--porcelain", "--untracked-files=no", "--", "src"):
         commit += " + uncommitted changes in src/"
     return {
         "cpus": cpus,
         "cpu_model": model,
+        "memory": memory,
         "python": platform.python_version(),
         "postgresql": server_version(),
         "os": platform.platform(),
@@ -157,95 +258,122 @@ def merge(
 
 # --- tables ------------------------------------------------------------------------------------
 
-HEADER = ("Benchmark", "Series", "n", "p50", "p99", "max", "Target", "Result")
+SUMMARY_HEADER = ("Benchmark", "Series", "Figure", "Baseline (same run)", "Ratio", "Target",
+                  "Result")  # fmt: skip
+TITLES = {
+    revocation_lag.NAME: "Revocation lag",
+    cold_start.NAME: "Cold-start recovery",
+    throughput.NAME: "Request + auto-approve + provision throughput",
+    check_api.NAME: "GET /api/v1/check under load",
+    peak_rss.NAME: "Peak RSS, serve + worker",
+    peak_rss.FULL_SCALE_NAME: "Peak RSS, serve + worker (1M rows)",
+    audit_verify.NAME: "Audit chain verification",
+    activation_latency.NAME: "Request + approve + provision latency",
+}
 
 
 def _ms(value: Any) -> str:
-    return "-" if value is None else f"{float(value):.1f} ms"
+    return "-" if value is None else f"{float(value):,.1f} ms"
 
 
-def _verdict(met: bool) -> str:
-    return "met" if met else "**MISSED**"
+def _verdict(result: dict[str, Any]) -> str:
+    if not result.get("target"):
+        return "-"
+    return "met" if result["met"] else "**MISSED**"
 
 
-def table_rows(document: dict[str, Any]) -> list[tuple[str, ...]]:
+def _row(name: str, r: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """Series, figure, baseline, ratio for one result."""
+    if name == revocation_lag.NAME:
+        lag, seen = r["lag_ms"], r["poller"]
+        series = r["variant"] + (f", {r['grants']:,} ending" if "active" in r else "")
+        figure = f"p50 {_ms(lag['p50'])}, p99 {_ms(lag['p99'])}, max {_ms(lag['max'])}"
+        baseline = (
+            f"account seen gone (poller): p50 {_ms(seen['p50_observed_lag_ms'])}, max "
+            f"{_ms(seen['max_observed_lag_ms'])}"
+        )
+        return series, figure, baseline, "", ""
+    if name == cold_start.NAME:
+        figure = f"{r['ended']:,}/{r['grants']:,} ended in {r['all_ended_s']:.1f} s"
+        figure += f" ({r['rate_per_s']:,.0f}/s)"
+        return r["variant"], figure, "", "", ""
+    if name == throughput.NAME:
+        jit, raw = r["jitaccess"], r["raw_inserts"]
+        figure = (
+            f"{jit['grants_per_s']:,.0f} grants/s ({jit['provisioned']:,} grants, "
+            f"{r['threads']} threads; CPU a grant {jit['jitaccess_cpu_ms_per_grant']} ms)"
+        )
+        baseline = (
+            f"raw INSERTs of the same {raw['rows_per_grant']:g} rows a grant: "
+            f"{raw['grants_per_s']:,.0f} grants/s"
+        )
+        return r["variant"], figure, baseline, f"{r['ratio']:.2f}x", ""
+    if name == check_api.NAME:
+        jit, bare = r["jitaccess"], r["bare"]
+        figure = f"{jit['requests_per_s']:,.0f} req/s, p99 {_ms(jit['latency_ms']['p99'])}"
+        baseline = (
+            f"bare endpoint: {bare['requests_per_s']:,.0f} req/s, p99 "
+            f"{_ms(bare['latency_ms']['p99'])}"
+        )
+        return r["variant"], figure, baseline, f"{r['ratio']:.2f}x", ""
+    if name in (peak_rss.NAME, peak_rss.FULL_SCALE_NAME):
+        base, largest = r["points"][0], r["points"][-1]
+        how = "extrapolated" if r["extrapolated"] else "measured"
+        figure = (
+            f"{how} at 1M rows: peak {r['peak_rss_mb_at_1m']:,} MB, policy loaded "
+            f"{r['ready_s_at_1m']} s after start (measured at "
+            f"{largest['eligibility_rows']:,} rows: {largest['peak_rss_mb']:,.0f} MB, "
+            f"{largest['ready_s']} s)"
+        )
+        baseline = (
+            f"same process, {base['eligibility_rows']:,}-row policy: {base['peak_rss_mb']:,.0f} MB"
+        )
+        ratio = (
+            f"{r['peak_rss_mb_at_1m'] / peak_rss.TARGET_MB:.1f}x target"
+            if r["peak_rss_mb_at_1m"]
+            else ""
+        )
+        return r["variant"], figure, baseline, ratio, ""
+    if name == audit_verify.NAME:
+        figure = f"{r['records_per_s']:,} records/s ({r['records']:,} in {r['verify_s']} s)"
+        baseline = (
+            f"hashlib alone {r['hashlib_per_s']:,}/s; reading the records alone "
+            f"{r['read_only_per_s']:,}/s"
+        )
+        return r["variant"], figure, baseline, f"{r['ratio']:.3f}x", ""
+    if name == activation_latency.NAME:
+        jit, raw, ratio = r["jitaccess_ms"], r["raw_sql_ms"], r["ratio"]
+        figure = f"p50 {_ms(jit['p50'])}, p99 {_ms(jit['p99'])}"
+        baseline = f"raw SQL: p50 {_ms(raw['p50'])}, p99 {_ms(raw['p99'])}"
+        return r["variant"], figure, baseline, f"{ratio['p50']}x / {ratio['p99']}x", ""
+    return r.get("variant", ""), "", "", "", ""
+
+
+def summary_rows(document: dict[str, Any]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for name, entry in document.get("benchmarks", {}).items():
         quick = " (quick)" if entry.get("quick") else ""
         for r in entry["results"]:
-            if name == revocation_lag.NAME:
-                lag, seen = r["lag_ms"], r["poller"]
-                rows.append(
-                    (
-                        f"Revocation lag{quick}",
-                        f"{r['variant']}: ended_at - ends_at",
-                        str(lag["n"]),
-                        _ms(lag["p50"]),
-                        _ms(lag["p99"]),
-                        _ms(lag["max"]),
-                        r["target"],
-                        _verdict(r["met"]),
-                    )
+            series, figure, baseline, ratio, _ = _row(name, r)
+            rows.append(
+                (
+                    TITLES.get(name, name) + quick,
+                    series,
+                    figure,
+                    baseline,
+                    ratio,
+                    r.get("target", ""),
+                    _verdict(r),
                 )
-                rows.append(
-                    (
-                        f"Revocation lag{quick}",
-                        f"{r['variant']}: account gone in target (poller)",
-                        f"{seen['seen_gone']}/{seen['sampled']}",
-                        _ms(seen["p50_observed_lag_ms"]),
-                        "",
-                        _ms(seen["max_observed_lag_ms"]),
-                        "",
-                        "",
-                    )
-                )
-            elif name == activation_latency.NAME:
-                jit, raw, ratio = r["jitaccess_ms"], r["raw_sql_ms"], r["ratio"]
-                title = f"Request+approve+provision{quick}"
-                rows.append(
-                    (
-                        title,
-                        f"jitaccess, {r['variant']}",
-                        str(jit["n"]),
-                        _ms(jit["p50"]),
-                        _ms(jit["p99"]),
-                        _ms(jit["max"]),
-                        "",
-                        "",
-                    )
-                )
-                rows.append(
-                    (
-                        title,
-                        f"raw SQL (same run), {r['variant']}",
-                        str(raw["n"]),
-                        _ms(raw["p50"]),
-                        _ms(raw["p99"]),
-                        _ms(raw["max"]),
-                        "",
-                        "",
-                    )
-                )
-                rows.append(
-                    (
-                        title,
-                        f"ratio jitaccess / raw, {r['variant']}",
-                        "",
-                        f"{ratio['p50']:.2f}x",
-                        f"{ratio['p99']:.2f}x",
-                        "",
-                        r["target"],
-                        _verdict(r["met"]),
-                    )
-                )
+            )
     return rows
 
 
-def text_table(rows: list[tuple[str, ...]]) -> str:
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     plain = [tuple(cell.replace("**", "") for cell in row) for row in rows]
-    widths = [max(len(row[i]) for row in [HEADER, *plain]) for i in range(len(HEADER))]
+    widths = [max(len(row[i]) for row in [tuple(header), *plain]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True)), line]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in plain]
     return "\n".join(out)
 
@@ -256,45 +384,141 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def breakdown_tables(document: dict[str, Any]) -> list[str]:
+def _steps(steps: dict[str, Any]) -> str:
+    rows = [
+        (step.replace("_", " "), str(s["n"]), _ms(s["p50"]), _ms(s["p99"]), _ms(s["max"]))
+        for step, s in steps.items()
+    ]
+    return markdown_table(("Step", "n", "p50", "p99", "max"), rows)
+
+
+def detail_sections(document: dict[str, Any]) -> list[str]:
     parts: list[str] = []
     for name, entry in document.get("benchmarks", {}).items():
         for r in entry["results"]:
-            steps = r.get("breakdown_ms", {})
-            if not steps:
-                continue
-            title = "Revocation lag" if name == revocation_lag.NAME else "Activation"
-            rows = [
-                (step.replace("_", " "), str(s["n"]), _ms(s["p50"]), _ms(s["p99"]), _ms(s["max"]))
-                for step, s in steps.items()
-            ]
-            handled = (
-                f"{r['iterations']} activations" if "iterations" in r else f"{r['grants']} expiries"
-            )
-            passes = (
-                f" (the worker loop made {r['worker_passes']} passes for {handled})"
-                if "worker_passes" in r
-                else ""
-            )
-            parts.append(f"**{title}, {r['variant']}** — where the time goes{passes}:\n")
-            parts.append(markdown_table(("Step", "n", "p50", "p99", "max"), rows) + "\n")
+            parts += _details(name, r)
     return parts
+
+
+def _details(name: str, r: dict[str, Any]) -> list[str]:
+    title = f"**{TITLES.get(name, name)}, {r.get('variant', '')}**"
+    if name in (revocation_lag.NAME, activation_latency.NAME) and r.get("breakdown_ms"):
+        handled = (
+            f"{r['iterations']} activations" if "iterations" in r else f"{r['grants']} expiries"
+        )
+        passes = (
+            f" (the worker loop made {r['worker_passes']} passes for {handled})"
+            if "worker_passes" in r
+            else ""
+        )
+        extra = ""
+        worker = r.get("worker")
+        if worker and worker.get("slowest_pass"):
+            slow = worker["slowest_pass"]
+            extra = (
+                f" Worker passes in the window: p50 {_ms(worker['pass_ms']['p50'])}, p99 "
+                f"{_ms(worker['pass_ms']['p99'])}; the slowest took {_ms(slow['ms'])} for "
+                f"{slow['claimed']} grant(s)."
+            )
+        return [
+            f"{title} — where the time goes{passes}:{extra}\n",
+            _steps(r["breakdown_ms"]) + "\n",
+        ]
+    if name == throughput.NAME:
+        jit = r["jitaccess"]
+        lat = jit["request_to_provisioned_ms"]
+        return [
+            f"{title}: clients made {jit['requests_per_s']:,.0f} requests/s; request to "
+            f"provisioned p50 {_ms(lat['p50'])}, p99 {_ms(lat['p99'])}; CPU a grant: "
+            f"jitaccess {jit['jitaccess_cpu_ms_per_grant']} ms, PostgreSQL "
+            f"{jit['postgres_cpu_ms_per_grant']} ms; {jit['errors']} errors.\n"
+        ]
+    if name == check_api.NAME:
+        rows: list[tuple[str, ...]] = []
+        for server in ("jitaccess", "bare"):
+            for i, s in enumerate(r["rounds"][server], 1):
+                rows.append(
+                    (
+                        server,
+                        str(i),
+                        f"{s['requests_per_s']:,.0f}",
+                        _ms(s["latency_ms"]["p50"]),
+                        _ms(s["latency_ms"]["p99"]),
+                        f"{s['server_cpu_ms_per_request']:.2f} ms",
+                        f"{s['postgres_cpu_ms_per_request']:.2f} ms",
+                        str(s["errors"]),
+                    )
+                )
+        columns = ("Server", "Round", "req/s", "p50", "p99", "server CPU/req", "PG CPU/req",
+                   "errors")  # fmt: skip
+        return [
+            f"{title} ({r['threads']} client threads, {r['seconds']:.0f} s a round; the best "
+            "round of each is compared):\n",
+            markdown_table(columns, rows) + "\n",
+        ]
+    if name in (peak_rss.NAME, peak_rss.FULL_SCALE_NAME):
+        points: list[tuple[str, ...]] = [
+            (
+                f"{p['eligibility_rows']:,}",
+                f"{p['policy_json_mb']:.1f} MB",
+                f"{p['up_s']} s",
+                f"{p['ready_s']} s",
+                f"{p['peak_rss_mb']:,.0f} MB",
+                f"{p['rss_end_mb']:,.0f} MB",
+                f"{p['first_request_ms']} ms ({p['first_request_status']})",
+            )
+            for p in r["points"]
+        ]
+        header = ("Eligibility rows", "Stored JSON", "/healthz up", "Policy loaded + 1st pass",
+                  "Peak RSS", "RSS at end", "POST /requests")  # fmt: skip
+        parts = [f"{title}:\n", markdown_table(header, points) + "\n"]
+        trace = r.get("tracemalloc", {})
+        timing = r.get("timing", {})
+        if timing:
+            sec = timing["seconds"]
+            parts.append(
+                f"Load of {timing['eligibility_rows']:,} rows replayed in a fresh process: "
+                + ", ".join(f"{k.replace('_', ' ')} {v} s" for k, v in sec.items())
+                + ".\n"
+            )
+        if trace.get("tracemalloc"):
+            tm = trace["tracemalloc"]
+            composed = ", ".join(
+                f"{f['file']} {f['mb']} MB" for f in tm["by_file"].get("composed", [])[:4]
+            )
+            kept = ", ".join(
+                f"{f['file']} {f['mb']} MB" for f in tm["by_file"].get("loaded", [])[:5]
+            )
+            parts.append(
+                f"tracemalloc over the load of {trace['eligibility_rows']:,} rows: peak "
+                f"{tm['peak_mb']} MB ({tm['peak_bytes_per_row']:,} bytes a row), kept "
+                f"{tm['kept_mb']} MB. With the YAML nodes composed: {composed}. Kept after "
+                f"the load: {kept}.\n"
+            )
+        return parts
+    if name == cold_start.NAME:
+        after = r["ended_after_start_ms"]
+        worker = r.get("worker", {})
+        return [
+            f"{title}: ended p50 {_ms(after['p50'])} / p99 {_ms(after['p99'])} after the "
+            f"worker started; {r['worker_passes']} passes (p50 "
+            f"{_ms(worker.get('pass_ms', {}).get('p50'))} each); "
+            f"{r['still_present_in_target']} accounts left in the target.\n"
+        ]
+    return []
 
 
 def missed_notes(document: dict[str, Any]) -> list[str]:
     notes = []
-    for entry in document.get("benchmarks", {}).values():
+    for name, entry in document.get("benchmarks", {}).items():
         for r in entry["results"]:
-            if r["met"]:
+            if not r.get("target") or r["met"]:
                 continue
-            if "ratio" in r:
-                figure = f"p50 {r['ratio']['p50']:.2f}x, p99 {r['ratio']['p99']:.2f}x"
-            else:
-                figure = f"p99 {r['lag_ms']['p99']:.1f} ms"
-                if r.get("not_ended"):
-                    figure += f", {r['not_ended']} grant(s) not ended"
-            notes.append(f"- **Target missed**: {r['benchmark']} ({r['variant']}): {figure}; "
-                         f"target {r['target']}.")  # fmt: skip
+            _, figure, _, ratio, _ = _row(name, r)
+            notes.append(
+                f"- **Target missed**: {TITLES.get(name, name)} ({r['variant']}): {figure}"
+                f"{'; ' + ratio if ratio else ''}; target {r['target']}."
+            )
     return notes
 
 
@@ -306,20 +530,29 @@ def results_section(document: dict[str, Any], rows: list[tuple[str, ...]]) -> st
         f"of {m['cpus']} cores meanwhile)"
         for name, e in document["benchmarks"].items()
     )
+    chart = (
+        f"![Revocation lag]({CHART.relative_to(HERE).as_posix()})\n\n"
+        f"Chart: [`{CHART.relative_to(HERE).as_posix()}`]"
+        f"({CHART.relative_to(HERE).as_posix()}) — every grant's lag, cumulative (left) and "
+        "over its window (right).\n"
+        if CHART.exists()
+        else ""
+    )
     lines = [
         f"Generated {document['generated_at']} by `{document['command']}` "
         f"(total {document['runtime_s']:.0f}s) on commit `{m['commit']}`.",
         "",
-        f"Machine: {m['cpus']} CPUs (`nproc`), {m['cpu_model']}; Python {m['python']}; "
-        f"PostgreSQL {m['postgresql']}; {m['os']}.",
+        f"Machine: {m['cpus']} CPUs (`nproc`), {m['cpu_model']}, {m.get('memory', '?')} RAM; "
+        f"Python {m['python']}; PostgreSQL {m['postgresql']}; {m['os']}.",
         "",
         f"Runs: {runs}.",
         "",
-        markdown_table(HEADER, rows),
+        markdown_table(SUMMARY_HEADER, rows),
         "",
         *missed_notes(document),
         "",
-        *breakdown_tables(document),
+        chart,
+        *detail_sections(document),
     ]
     return "\n".join(lines).strip()
 

@@ -29,7 +29,9 @@ from jitaccess.adapters.connectors.registry import ConnectorRegistry
 from jitaccess.adapters.db.unit_of_work import SqlUnitOfWork, SqlUnitOfWorkFactory, libpq_dsn_to_url
 from jitaccess.bootstrap import Container, apply_policy_files, build, upgrade
 from jitaccess.domain.policy import Target
+from jitaccess.entrypoints.worker import Worker
 from jitaccess.ports import Access, Connector, ExistingAccess
+from jitaccess.services.run_due_work import WorkReport
 from jitaccess.settings import Settings
 
 ADMIN_DSN = os.environ.get(
@@ -224,6 +226,64 @@ class TimedConnectors(ConnectorRegistry):
         return super().for_target(definition)
 
 
+@dataclass(frozen=True)
+class Pass:
+    started: float  # time.time()
+    seconds: float
+    claimed: int
+    ended: int
+    provisioned: int
+
+
+class TimedWorker(Worker):
+    """The real worker; each pass (`run_once`) and each planning query (`seconds_until_due`)
+    is timed, so a slow pass shows up with its time and size."""
+
+    def __init__(self, container: Container) -> None:
+        super().__init__(container)
+        self.timed_passes: builtins.list[Pass] = []
+        self.planning: builtins.list[float] = []
+
+    def run_once(self) -> WorkReport:
+        started, began = time.time(), time.perf_counter()
+        report = super().run_once()
+        self.timed_passes.append(
+            Pass(
+                started,
+                time.perf_counter() - began,
+                report.claimed,
+                report.ended,
+                report.provisioned,
+            )
+        )
+        return report
+
+    def seconds_until_due(self) -> float:
+        began = time.perf_counter()
+        try:
+            return super().seconds_until_due()
+        finally:
+            self.planning.append(time.perf_counter() - began)
+
+    def summary(self, since: float = 0.0) -> dict[str, Any]:
+        """Passes that started after `since` (time.time()): their durations in ms, the slowest."""
+        passes = [p for p in self.timed_passes if p.started >= since]
+        slowest = max(passes, key=lambda p: p.seconds, default=None)
+        return {
+            "passes": len(passes),
+            "pass_ms": summary([p.seconds * 1000 for p in passes]),
+            "slowest_pass": None
+            if slowest is None
+            else {
+                "at": slowest.started,
+                "ms": round(slowest.seconds * 1000, 1),
+                "claimed": slowest.claimed,
+                "ended": slowest.ended,
+            },
+            "planning_query_ms": summary([s * 1000 for s in self.planning]),
+        }
+
+
 @dataclass
 class Stack:
     container: Container
@@ -269,6 +329,81 @@ def grant_states(container: Container) -> dict[str, int]:
     return {str(state): int(count) for state, count in rows}
 
 
+# --- what the database and the machine waited on --------------------------------------------
+
+
+class WaitSampler:
+    """Samples, every `interval`, what the PostgreSQL backends of one database are doing
+    (pg_stat_activity: waiting on the client, on a lock, on WAL fsync …), and how much of the
+    machine's CPU time went to I/O wait meanwhile: the evidence for a stall."""
+
+    def __init__(self, database: str, interval: float = 0.05) -> None:
+        self.database = database
+        self.interval = interval
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-waits", daemon=True)
+
+    def start(self) -> None:
+        self._cpu_before = _cpu_ticks()
+        self._wal_before = _wal()
+        self._thread.start()
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(5)
+        wal = {k: v - self._wal_before.get(k, 0) for k, v in _wal().items()}
+        after = _cpu_ticks()
+        total = sum(after) - sum(self._cpu_before)
+        iowait = after[4] - self._cpu_before[4]
+        top = sorted(self.counts.items(), key=lambda item: -item[1])[:6]
+        return {
+            "samples": self.samples,
+            "busy_backends_by_wait": {k: round(v / max(1, self.samples), 3) for k, v in top},
+            "machine_iowait_share": round(iowait / total, 3) if total else None,
+            # Server-wide (pg_stat_wal): WAL written meanwhile, and how many full-page images,
+            # which the first change of each page after a checkpoint writes.
+            "wal": wal,
+        }
+
+    def _run(self) -> None:
+        query = (
+            "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity "
+            "WHERE datname = %s AND state = 'active' AND pid <> pg_backend_pid()"
+        )
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            while not self._stop.is_set():
+                for (what,) in conn.execute(query, [self.database]).fetchall():
+                    self.counts[str(what)] = self.counts.get(str(what), 0) + 1
+                self.samples += 1
+                self._stop.wait(self.interval)
+
+
+def _wal() -> dict[str, int]:
+    try:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            row = conn.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
+    except psycopg.Error:
+        return {}
+    if row is None:
+        return {}
+    return {"records": int(row[0]), "full_page_images": int(row[1]), "bytes": int(row[2])}
+
+
+def _cpu_ticks() -> list[int]:
+    """user, nice, system, idle, iowait, … of all CPUs, from /proc/stat."""
+    first = Path("/proc/stat").read_text().splitlines()[0]
+    return [int(v) for v in first.split()[1:]]
+
+
+def database_of(container: Container) -> str | None:
+    """The PostgreSQL database name of a container's store (None on SQLite)."""
+    if container.engine.dialect.name != "postgresql":
+        return None
+    return container.engine.url.database
+
+
 # --- statistics --------------------------------------------------------------------------------
 
 
@@ -297,9 +432,9 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 # --- the machine's other load ------------------------------------------------------------------
 
 
-def _process_cpu_ticks() -> dict[int, tuple[str, int]]:
-    """pid -> (command, user+system clock ticks so far) for every process we can read."""
-    found: dict[int, tuple[str, int]] = {}
+def _process_cpu_ticks() -> dict[int, tuple[str, int, int]]:
+    """pid -> (command, parent pid, user+system clock ticks so far) for every readable process."""
+    found: dict[int, tuple[str, int, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -309,13 +444,15 @@ def _process_cpu_ticks() -> dict[int, tuple[str, int]]:
             continue
         command = raw[raw.index("(") + 1 : raw.rindex(")")]
         fields = raw[raw.rindex(")") + 2 :].split()
-        found[int(entry.name)] = (command, int(fields[11]) + int(fields[12]))
+        found[int(entry.name)] = (command, int(fields[1]), int(fields[11]) + int(fields[12]))
     return found
 
 
 class ForeignLoad:
-    """CPU that processes other than this one and the PostgreSQL server used meanwhile, in
-    cores: a benchmark on a 2-core machine shared with a test suite measures the suite too."""
+    """CPU that processes other than this one (and the servers and load generators it
+    started) and the PostgreSQL server used meanwhile, in cores: a benchmark on a 2-core
+    machine shared with a test suite measures the suite too. PostgreSQL's own CPU is
+    reported apart (it serves this run and, possibly, the others)."""
 
     def __init__(self) -> None:
         self._tick = os.sysconf("SC_CLK_TCK")
@@ -324,17 +461,35 @@ class ForeignLoad:
 
     def cores(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self._started, 1e-6)
-        own = os.getpid()
+        now = _process_cpu_ticks()
+        ours = _descendants(os.getpid(), {**self._before, **now})
         busy: dict[str, float] = {}
-        for pid, (command, ticks) in _process_cpu_ticks().items():
-            if pid == own or command.startswith("postgres"):
-                continue
+        postgres = 0.0
+        for pid, (command, _, ticks) in now.items():
             before = self._before.get(pid)
-            spent = ticks - (before[1] if before and before[0] == command else 0)
-            if spent > 0:
-                busy[command] = busy.get(command, 0.0) + spent / self._tick / elapsed
+            spent = ticks - (before[2] if before and before[0] == command else 0)
+            if spent <= 0 or pid in ours:
+                continue
+            if command.startswith("postgres"):
+                postgres += spent / self._tick / elapsed
+                continue
+            busy[command] = busy.get(command, 0.0) + spent / self._tick / elapsed
         top = sorted(busy.items(), key=lambda item: -item[1])[:3]
         return {
             "cores": round(sum(busy.values()), 2),
             "top": {command: round(cores, 2) for command, cores in top},
+            "postgres_cores": round(postgres, 2),
         }
+
+
+def _descendants(root: int, processes: dict[int, tuple[str, int, int]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (_, parent, _) in processes.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
