@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -209,11 +209,9 @@ def wait_until_up(
             output.seek(0)
             error = output.read().decode(errors="replace")
             raise RuntimeError(f"server exited with {process.returncode}: {error[-2000:]}")
-        try:
+        with suppress(httpx.HTTPError):  # not listening yet
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
         time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer within {limit:.0f}s")
 

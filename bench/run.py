@@ -183,27 +183,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- facts and results -------------------------------------------------------------------------
 
 
-def machine_facts() -> dict[str, Any]:
-    model = "unknown"
+def _proc_field(path: str, name: str) -> str | None:
+    """The value of `name: value` in a /proc file, or None where there is none."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        lines = Path(path).read_text().splitlines()
     except OSError:
-        pass
+        return None
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == name:
+            return value.strip()
+    return None
+
+
+def machine_facts() -> dict[str, Any]:
+    model = _proc_field("/proc/cpuinfo", "model name") or "unknown"
     try:
         cpus = len(os.sched_getaffinity(0))  # what `nproc` prints
     except AttributeError:
         cpus = os.cpu_count() or 0
-    memory = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
-                break
-    except OSError:
-        pass
+    total = _proc_field("/proc/meminfo", "MemTotal")
+    memory = f"{int(total.split()[0]) / 1024 / 1024:.0f} GiB" if total else "unknown"
     commit = _git("rev-parse", "--short", "HEAD")
     if commit and _git("status", "--porcelain", "--untracked-files=no", "--", "src"):
         commit += " + uncommitted changes in src/"

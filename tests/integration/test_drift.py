@@ -16,13 +16,11 @@ from psycopg import sql
 from jitaccess.adapters.connectors.fake import FakeConnector
 from jitaccess.bootstrap import Container
 from jitaccess.clock import FakeClock
-from jitaccess.domain.model import GrantState, Request
+from jitaccess.domain.model import GrantState
 from jitaccess.entrypoints.worker import Worker
 from jitaccess.services.reconcile import check_targets, reconcile
-from jitaccess.services.request_access import request_access
-from jitaccess.services.run_due_work import WorkerOptions, run_due_work
 from jitaccess.services.verify_audit import verify_audit
-from support.databases import container_on
+from support.databases import container_on, granted, work
 from support.postgres import private_cluster, role_exists
 
 POLICY = """
@@ -69,18 +67,7 @@ def fake(app: Container) -> FakeConnector:
 
 
 def grant_alice(app: Container) -> str:
-    with app.uow() as uow:
-        request = request_access(
-            uow,
-            app.clock,
-            app.connectors,
-            requester="alice",
-            roles=["demo/read"],
-            duration=timedelta(minutes=30),
-            justification="drift test",
-        )
-    assert isinstance(request, Request)
-    run_due_work(app.uow, app.clock, app.connectors, app.box, WorkerOptions(jitter=lambda: 1.0))
+    request = granted(app, "demo/read")
     return request.grant_ids[0]
 
 
@@ -141,7 +128,7 @@ def test_a_grant_whose_access_went_missing_is_provisioned_again(kind: str, tmp_p
         with app.uow.readonly() as uow:
             grant = uow.grants.get(grant_id)
         assert grant is not None and grant.state is GrantState.ACTIVATING
-        run_due_work(app.uow, app.clock, app.connectors, app.box, WorkerOptions(jitter=lambda: 1.0))
+        work(app)
         assert fake(app).has("alice", "demo/read")
         assert "drift.missing" in actions(app)
         assert reconcile(app.uow, app.clock, app.connectors).missing == 0
@@ -209,20 +196,7 @@ def test_postgres_membership_and_roles_made_by_hand_are_found_and_removed(
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier("jit_eve_deadbeef")))
         monkeypatch.setenv("JIT_DRIFT_PG", dsn)
         for app in app_with_policy(tmp_path, PG_POLICY):
-            with app.uow() as uow:
-                request = request_access(
-                    uow,
-                    app.clock,
-                    app.connectors,
-                    requester="alice",
-                    roles=["db/read"],
-                    duration=timedelta(minutes=30),
-                    justification="drift test",
-                )
-            assert isinstance(request, Request)
-            run_due_work(
-                app.uow, app.clock, app.connectors, app.box, WorkerOptions(jitter=lambda: 1.0)
-            )
+            granted(app, "db/read")
             report = reconcile(app.uow, app.clock, app.connectors)
             assert sorted(report.targets[0].unexplained) == ["jit_eve_deadbeef", "mallory"]
             assert sorted(report.targets[0].removed) == ["jit_eve_deadbeef", "mallory"]

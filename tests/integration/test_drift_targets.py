@@ -4,20 +4,17 @@ is removed and audited, while access a live grant explains is left alone."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
 from jitaccess.clock import SystemClock
-from jitaccess.domain.model import EndReason, Request
+from jitaccess.domain.model import EndReason
 from jitaccess.services.end_grant import end_grant
 from jitaccess.services.grant_issuing import access_of
 from jitaccess.services.reconcile import reconcile
-from jitaccess.services.request_access import request_access
-from jitaccess.services.run_due_work import WorkerOptions, run_due_work
-from support.databases import container_on
+from support.databases import container_on, granted, work
 from support.mariadb import (
     execute,
     require_mariadb,
@@ -61,20 +58,7 @@ def test_redis_user_made_by_hand_is_found_and_removed(
         )
         with container_on("sqlite", tmp_path, policy=REDIS_POLICY) as app:
             app.clock = SystemClock()  # the grant lives in the real Redis, in real time
-            with app.uow() as uow:
-                request = request_access(
-                    uow,
-                    app.clock,
-                    app.connectors,
-                    requester="alice",
-                    roles=["cache/read"],
-                    duration=timedelta(minutes=30),
-                    justification="drift test",
-                )
-            assert isinstance(request, Request)
-            run_due_work(
-                app.uow, app.clock, app.connectors, app.box, WorkerOptions(jitter=lambda: 1.0)
-            )
+            request = granted(app, "cache/read")
             report = reconcile(app.uow, app.clock, app.connectors)
             (target,) = report.targets
             assert (target.ok, target.unexplained, target.removed) == (
@@ -130,20 +114,7 @@ def test_mariadb_role_given_by_hand_is_found_and_taken_back(
         execute(url, f"GRANT `{role}` TO %s@'%%'", [mallory])  # behind jitaccess's back
         with container_on("sqlite", tmp_path, policy=MARIADB_POLICY.replace("ROLE", role)) as app:
             app.clock = SystemClock()
-            with app.uow() as uow:
-                request = request_access(
-                    uow,
-                    app.clock,
-                    app.connectors,
-                    requester="alice",
-                    roles=["shop/read"],
-                    duration=timedelta(minutes=30),
-                    justification="drift test",
-                )
-            assert isinstance(request, Request)
-            run_due_work(
-                app.uow, app.clock, app.connectors, app.box, WorkerOptions(jitter=lambda: 1.0)
-            )
+            request = granted(app, "shop/read")
             policy = app.current_policy()
             with app.uow.readonly() as uow:
                 (grant,) = uow.grants.list(request_id=request.id)
@@ -176,9 +147,7 @@ def test_mariadb_role_given_by_hand_is_found_and_taken_back(
                     reason=EndReason.DEACTIVATED,
                     comment="test over",
                 )
-            run_due_work(
-                app.uow, app.clock, app.connectors, app.box, WorkerOptions(jitter=lambda: 1.0)
-            )
+            work(app)
             assert not user_hosts(
                 url,
                 app.connectors.for_target(app.current_policy().targets["shop"])

@@ -119,7 +119,7 @@ def running(receiver: Receiver) -> Iterator[Receiver]:
             receiver.answer(self, "GET")
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass
+            """Keep the test output quiet: the receiver records what it is sent."""
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

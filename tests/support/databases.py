@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from jitaccess.adapters.db.unit_of_work import libpq_dsn_to_url
 from jitaccess.bootstrap import Container, apply_policy_files, build, upgrade
 from jitaccess.clock import FakeClock
+from jitaccess.domain.model import Request
+from jitaccess.services.request_access import request_access
+from jitaccess.services.run_due_work import WorkerOptions, run_due_work
 from jitaccess.settings import Settings
 from support.postgres import require_postgres, scratch_database
 
@@ -69,3 +73,26 @@ def container_on(
             yield container
         finally:
             container.close()
+
+
+def work(app: Container) -> None:
+    """One worker pass, without jitter."""
+    run_due_work(app.uow, app.clock, app.connectors, app.box, WorkerOptions(jitter=lambda: 1.0))
+
+
+def granted(app: Container, role: str, who: str = "alice") -> Request:
+    """`who` asks for `role` (one that needs no approval) for 30 minutes; a worker pass
+    provisions it."""
+    with app.uow() as uow:
+        request = request_access(
+            uow,
+            app.clock,
+            app.connectors,
+            requester=who,
+            roles=[role],
+            duration=timedelta(minutes=30),
+            justification="drift test",
+        )
+    assert isinstance(request, Request)
+    work(app)
+    return request

@@ -33,11 +33,12 @@ _SECRET_LOOKING = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|CREDENTIAL"
 _KILL_GRACE = 5.0
 
 
-class CommandConnector:
+class CommandConnector(events.EventConnector):
     """Runs `options.command` once per event; see docs/connectors.md."""
 
     # Per grant unless the target sets `shared: true`; see per_grant_account_for.
     per_grant_account = True
+    kind = "command"
     needs_connection = False  # an optional secret, passed as JITACCESS_SECRET
 
     def __init__(self, target: Target, secret: str | None = None) -> None:
@@ -71,15 +72,6 @@ class CommandConnector:
         secret = read_connection(target) if target.connection is not None else None
         return cls(target, secret)
 
-    @staticmethod
-    def per_grant_account_for(target: Target) -> bool:
-        """`per_grant_account` of this target: False when its options say `shared: true`."""
-        return not events.is_shared(target)
-
-    @staticmethod
-    def grant_problems(grants: dict[str, Any]) -> list[tuple[str, str]]:
-        return events.grant_problems(grants)
-
     # --- the Connector protocol ------------------------------------------------------------
 
     def provision(self, access: Access) -> dict[str, str] | None:
@@ -109,18 +101,11 @@ class CommandConnector:
         self._run(events.removal_event(existing, target=self.target.name))
         log.info("command %s removed %s", self.target.name, existing.account)
 
-    def account_of(self, access: Access) -> str:
-        return events.account_for(access, shared=self.shared)
-
     def check(self) -> None:
         """The program exits 0 for a `check` event when it can do its work."""
         self._run(events.check_event(target=self.target.name))
 
     # --- running the program ----------------------------------------------------------------
-
-    def _event(self, action: str, access: Access) -> dict[str, Any]:
-        account = self.account_of(access)
-        return events.event_for(action, access, target=self.target.name, account=account)
 
     def _run(self, event: Mapping[str, Any]) -> bytes:
         """Run the program with `event` on stdin; its stdout when it exits 0."""
@@ -252,12 +237,6 @@ class CommandConnector:
                 raise ConnectorError(self._say(f"option env: the value of {name} holds NUL"))
             found[name] = text
         return found
-
-    def _say(self, message: str) -> str:
-        return f"command target {self.target.name}: {message.strip()}"
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

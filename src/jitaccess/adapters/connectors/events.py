@@ -201,3 +201,35 @@ def _value_problem(value: object) -> str | None:
         if _CONTROL.search(value):
             return "text must not hold control characters"
     return None
+
+
+class EventConnector:
+    """What the webhook and command connectors share: per-target sharing, the grant checks,
+    account names, the event for an access, and messages that never carry the secret."""
+
+    kind = "event"  # how messages name the target type
+    target: Target
+    shared: bool
+    _secret: str | None
+
+    @staticmethod
+    def per_grant_account_for(target: Target) -> bool:
+        """`per_grant_account` of this target: False when its options say `shared: true`."""
+        return not is_shared(target)
+
+    @staticmethod
+    def grant_problems(grants: dict[str, Any]) -> list[tuple[str, str]]:
+        return grant_problems(grants)
+
+    def account_of(self, access: Access) -> str:
+        return account_for(access, shared=self.shared)
+
+    def _event(self, action: str, access: Access) -> dict[str, Any]:
+        account = self.account_of(access)
+        return event_for(action, access, target=self.target.name, account=account)
+
+    def _say(self, message: str) -> str:
+        return f"{self.kind} target {self.target.name}: {message.strip()}"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text

@@ -67,11 +67,13 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, str(sent), body), header.strip())
 
 
-class WebhookConnector:
+class WebhookConnector(events.EventConnector):
     """Delivers provision/revoke/extend/remove events; see docs/connectors.md."""
 
     # Per grant unless the target sets `shared: true`; see per_grant_account_for.
     per_grant_account = True
+    kind = "webhook"
+    _secret: str  # always set: a webhook is signed
 
     def __init__(self, target: Target, secret: str) -> None:
         self.target = target
@@ -112,15 +114,6 @@ class WebhookConnector:
     @classmethod
     def from_target(cls, target: Target) -> WebhookConnector:
         return cls(target, read_connection(target))
-
-    @staticmethod
-    def per_grant_account_for(target: Target) -> bool:
-        """`per_grant_account` of this target: False when its options say `shared: true`."""
-        return not events.is_shared(target)
-
-    @staticmethod
-    def grant_problems(grants: dict[str, Any]) -> list[tuple[str, str]]:
-        return events.grant_problems(grants)
 
     # --- the Connector protocol ------------------------------------------------------------
 
@@ -163,9 +156,6 @@ class WebhookConnector:
         self._deliver(events.removal_event(existing, target=self.target.name))
         log.info("webhook %s removed %s", self.target.name, existing.account)
 
-    def account_of(self, access: Access) -> str:
-        return events.account_for(access, shared=self.shared)
-
     def check(self) -> None:
         """The receiver answers 2xx to a signed `check` event when it can do its work."""
         self._deliver(events.check_event(target=self.target.name))
@@ -174,10 +164,6 @@ class WebhookConnector:
         self._client.close()
 
     # --- plumbing ---------------------------------------------------------------------------
-
-    def _event(self, action: str, access: Access) -> dict[str, Any]:
-        account = self.account_of(access)
-        return events.event_for(action, access, target=self.target.name, account=account)
 
     def _deliver(self, event: Mapping[str, Any]) -> object:
         """POST one event; the reply's JSON (None when it has none)."""
@@ -261,12 +247,6 @@ class WebhookConnector:
                 )
             )
         return value
-
-    def _say(self, message: str) -> str:
-        return f"webhook target {self.target.name}: {message.strip()}"
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
 
 
 def _is_loopback(host: str) -> bool:
