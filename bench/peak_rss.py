@@ -8,11 +8,11 @@ start the process; wait until /healthz answers; wait until its worker has provis
 sentinel grant (it has then loaded the policy and made a pass); make one request through the
 API (POST /api/v1/requests), wait for its grant, send 50 GET /api/v1/check; stop it.
 
-Loading 1,000,000 rows takes the product several minutes, more than the whole suite may take,
-so the default run measures two smaller sizes and extrapolates linearly (memory and time both
+The default run measures two smaller sizes and extrapolates linearly (memory and time both
 grow with the rows; the two points give the slope); `--only peak_rss_full` measures the real
-1,000,000 rows (about ten minutes). A fresh process then replays the load under tracemalloc
-(bench/policy_memory.py) to say where the memory and time go.
+1,000,000 rows (about a minute here, most of it writing the grants and the policy). A fresh
+process then replays the load step by step, and under tracemalloc (bench/policy_memory.py),
+to say where the memory and time go.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def _one_size(
             f"JSON) generated in {generated:.1f}s, stored in {stored:.1f}s"
         )
     else:
-        stored_mb = len(json.dumps(frame.document)) / MB
+        stored_mb = len(json.dumps(dict(frame.document))) / MB
         progress(f"{name}: baseline: the frame policy alone ({rows} eligibility row)")
     role = policy_document.role_name(0)
     sentinel = insert_activating_grant(container, frame, policy_document.SENTINEL, role)

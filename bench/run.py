@@ -487,8 +487,8 @@ def _details(name: str, r: dict[str, Any]) -> list[str]:
             )
         if trace.get("tracemalloc"):
             tm = trace["tracemalloc"]
-            composed = ", ".join(
-                f"{f['file']} {f['mb']} MB" for f in tm["by_file"].get("composed", [])[:4]
+            halfway = ", ".join(
+                f"{f['file']} {f['mb']} MB" for f in tm["by_file"].get("halfway", [])[:4]
             )
             kept = ", ".join(
                 f"{f['file']} {f['mb']} MB" for f in tm["by_file"].get("loaded", [])[:5]
@@ -496,7 +496,7 @@ def _details(name: str, r: dict[str, Any]) -> list[str]:
             parts.append(
                 f"tracemalloc over the load of {trace['eligibility_rows']:,} rows: peak "
                 f"{tm['peak_mb']} MB ({tm['peak_bytes_per_row']:,} bytes a row), kept "
-                f"{tm['kept_mb']} MB. With the YAML nodes composed: {composed}. Kept after "
+                f"{tm['kept_mb']} MB. Halfway through the rows: {halfway}. Kept after "
                 f"the load: {kept}.\n"
             )
         return parts

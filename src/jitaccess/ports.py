@@ -7,11 +7,11 @@ in-memory fakes implement them for unit tests.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from jitaccess.domain.mfa import MfaEnrollment
 from jitaccess.domain.model import Grant, Request, Review
@@ -154,6 +154,10 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class PolicyVersion:
+    """One applied policy. `document` is the canonical document it was stored as; a version
+    loaded from the database reads it from there when asked (it is not kept in memory: a big
+    policy's document is several times the size of its `policy`)."""
+
     version: int
     policy: Policy
     document: Mapping[str, Any]
@@ -253,6 +257,42 @@ class AuditLog(Protocol):
     def last(self, limit: int) -> builtins.list[AuditRecord]: ...
 
     def iterate(self, batch: int = 5000) -> Iterator[AuditRecord]: ...
+
+
+#: One audit record as the database stores it, for the verifier: seq, at (as the chain hashes
+#: it, see `audit.chain.format_time`; None when the stored value is not a time), actor, action,
+#: subject, outcome, justification, ticket, comment, data (its stored JSON text), prev_hash, hash.
+StoredRecord = tuple[
+    int, str | None, str, str, str, str, str | None, str | None, str | None, str, str, str
+]
+
+
+class StoredRangeReader(Protocol):
+    """Reads stored audit records on a connection of its own. Picklable: a verifier in another
+    process reads its range of the chain with it."""
+
+    def read(self, first: int | None, last: int | None) -> Generator[StoredRecord, None, None]:
+        """The records with first <= seq <= last (None: unbounded), in seq order; close it
+        when done."""
+        ...
+
+
+@runtime_checkable
+class StoredAuditChain(Protocol):
+    """An audit log that streams its records to a verifier as stored, without making domain
+    objects of them, and can be read from other processes when its storage allows."""
+
+    def last_seq(self) -> int | None: ...
+
+    def stored(
+        self, first: int | None = None, last: int | None = None
+    ) -> Generator[StoredRecord, None, None]:
+        """As `StoredRangeReader.read`, on this unit of work's connection."""
+        ...
+
+    def range_reader(self) -> StoredRangeReader | None:
+        """None when another process cannot open this storage (an in-memory database)."""
+        ...
 
 
 class PolicyRepository(Protocol):

@@ -6,6 +6,7 @@ deleting or reordering any record breaks the link at that record.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -13,13 +14,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from jitaccess.audit import stored
+from jitaccess.audit.stored import BROKEN_LINK, EDITED, missing_or_out_of_order
 from jitaccess.ports import AuditEntry, AuditRecord
 
-GENESIS = "0" * 64
+GENESIS = stored.GENESIS
 
 
 def format_time(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def normalised(entry: AuditEntry) -> AuditEntry:
+    """`entry` with its data as it is stored and read back: through JSON once (tuples become
+    lists, keys strings, datetimes and other values their `str`). Sealing does this, so what
+    is stored is exactly what was hashed, and a verifier hashes what it reads."""
+    data = json.loads(json.dumps(dict(entry.data), default=str))
+    return dataclasses.replace(entry, data=data)
 
 
 def record_fields(seq: int, entry: AuditEntry) -> dict[str, Any]:
@@ -34,12 +45,13 @@ def record_fields(seq: int, entry: AuditEntry) -> dict[str, Any]:
         "justification": entry.justification,
         "ticket": entry.ticket,
         "comment": entry.comment,
-        # Through JSON once, so what is stored is exactly what was hashed.
-        "data": json.loads(json.dumps(dict(entry.data), default=str)),
+        "data": dict(entry.data),
     }
 
 
 def canonical(seq: int, entry: AuditEntry) -> bytes:
+    """The bytes hashed for a record: its fields, data as stored (see `normalised`), as
+    compact JSON with sorted keys, ASCII only."""
     body = record_fields(seq, entry) | {"at": format_time(entry.at)}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
 
@@ -51,10 +63,12 @@ def chain_hash(prev_hash: str, seq: int, entry: AuditEntry) -> str:
 
 
 def seal(prev_seq: int, prev_hash: str, entry: AuditEntry) -> AuditRecord:
-    """The record that follows (prev_seq, prev_hash); a chain starts from (0, GENESIS)."""
+    """The record that follows (prev_seq, prev_hash); a chain starts from (0, GENESIS). Its
+    entry is `normalised`: store that one."""
     seq = prev_seq + 1
+    kept = normalised(entry)
     return AuditRecord(
-        seq=seq, entry=entry, prev_hash=prev_hash, hash=chain_hash(prev_hash, seq, entry)
+        seq=seq, entry=kept, prev_hash=prev_hash, hash=chain_hash(prev_hash, seq, kept)
     )
 
 
@@ -81,20 +95,12 @@ def verify(records: Iterable[AuditRecord]) -> Verification:
     expected_seq, prev_hash, count = 1, GENESIS, 0
     for record in records:
         if record.seq != expected_seq:
-            reason = (
-                f"record {expected_seq} is missing (found {record.seq} next)"
-                if record.seq > expected_seq
-                else f"record {record.seq} is out of order"
-            )
+            reason = missing_or_out_of_order(expected_seq, record.seq)
             return Verification(False, count, expected_seq, reason, prev_hash)
         if record.prev_hash != prev_hash:
-            return Verification(
-                False, count, record.seq, "does not link to the previous record", prev_hash
-            )
+            return Verification(False, count, record.seq, BROKEN_LINK, prev_hash)
         if chain_hash(prev_hash, record.seq, record.entry) != record.hash:
-            return Verification(
-                False, count, record.seq, "content does not match its hash (edited)", prev_hash
-            )
+            return Verification(False, count, record.seq, EDITED, prev_hash)
         prev_hash, expected_seq, count = record.hash, expected_seq + 1, count + 1
     return Verification(True, count, head=prev_hash)
 

@@ -1,7 +1,9 @@
 """The policy model: who exists, what can be granted, who may ask, and what an ask needs.
 
-Built by the YAML loader (adapters/policy_yaml.py) after validation; frozen so a loaded policy
-version never changes under a running request.
+Built by the YAML loader (adapters/policy_yaml.py) after validation, or from a stored version's
+document (adapters/policy_document.py); frozen so a loaded version never changes under a running
+request. The objects that exist once per eligibility row or user have slots: a policy can hold
+a million rows.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class PrincipalKind(StrEnum):
     SERVICE = "service"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class User:
     name: str
     kind: PrincipalKind = PrincipalKind.USER
@@ -29,7 +31,7 @@ class User:
     break_glass: bool = False  # may activate any role they are eligible for in an emergency
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PrincipalRef:
     """`user:alice` or `group:dba` as written in policy."""
 
@@ -47,7 +49,7 @@ class PrincipalRef:
         return PrincipalRef(kind, name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConnectionRef:
     """Where a target's admin credentials live: an env var or a file, never inline."""
 
@@ -175,7 +177,7 @@ class Role:
         return dict(self.grants)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Eligibility:
     principals: tuple[PrincipalRef, ...]
     roles: tuple[str, ...]
@@ -188,7 +190,7 @@ class Eligibility:
         return not (self.valid_until and day > self.valid_until)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OnCallSchedule:
     """An on-call schedule file (YAML or iCalendar), read when a rule needs it."""
 
@@ -265,24 +267,48 @@ class Policy:
 
     # --- eligibility ------------------------------------------------------------------------
     @functools.cached_property
-    def _eligibility_index(self) -> dict[tuple[str, str, str], list[Eligibility]]:
-        """(role, "user"|"group", name) -> the rows that open it: a lookup per request stays
-        O(groups of the principal), not O(rows), with a million eligibility rows."""
-        index: dict[tuple[str, str, str], list[Eligibility]] = {}
+    def _eligibility_index(self) -> dict[str, dict[PrincipalRef, Eligibility | list[Eligibility]]]:
+        """role -> principal -> the row (or rows) that open it: a lookup per request stays
+        O(groups of the principal), not O(rows), with a million eligibility rows. A key's one
+        row is held bare, not in a list of one: most keys have one, and a list costs 88 bytes."""
+        index: dict[str, dict[PrincipalRef, Eligibility | list[Eligibility]]] = {}
         for row in self.eligibility:
             for role in row.roles:
+                by_principal = index.get(role)
+                if by_principal is None:
+                    by_principal = index[role] = {}
                 for ref in row.principals:
-                    index.setdefault((role, ref.kind, ref.name), []).append(row)
+                    found = by_principal.get(ref)
+                    if found is None:
+                        by_principal[ref] = row
+                    elif isinstance(found, list):
+                        found.append(row)
+                    else:
+                        by_principal[ref] = [found, row]
         return index
+
+    def build_indexes(self) -> None:
+        """Build the lookup indexes now rather than on the first request that needs them (a
+        second with a million rows)."""
+        _ = self._eligibility_index, self._members
 
     def is_eligible(self, principal: str, role: str, today: date) -> bool:
         """Deny by default: only an eligibility row naming the principal (or a group) opens it."""
         if principal not in self.users or role not in self.roles:
             return False
-        keys = [(role, "user", principal)]
-        keys += [(role, "group", group) for group in self.groups_of(principal)]
-        index = self._eligibility_index
-        return any(row.is_open_on(today) for key in keys for row in index.get(key, ()))
+        by_principal = self._eligibility_index.get(role)
+        if not by_principal:
+            return False
+        refs = [PrincipalRef("user", principal)]
+        refs += [PrincipalRef("group", group) for group in self.groups_of(principal)]
+        for ref in refs:
+            found = by_principal.get(ref)
+            if found is None:
+                continue
+            rows = found if isinstance(found, list) else (found,)
+            if any(row.is_open_on(today) for row in rows):
+                return True
+        return False
 
     def eligible_roles(self, principal: str, today: date) -> list[str]:
         return sorted(r for r in self.roles if self.is_eligible(principal, r, today))

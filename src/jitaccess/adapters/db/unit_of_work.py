@@ -3,11 +3,18 @@
 SQLite: WAL journal, and every write transaction starts with BEGIN IMMEDIATE so writers queue
 instead of failing. PostgreSQL: rows are locked with SELECT ... FOR UPDATE, and a commit that
 made something due sooner sends NOTIFY so every worker re-plans its sleep.
+
+Read-only units of work run outside transactions (PostgreSQL autocommit; SQLite without
+BEGIN): each statement sees what was committed when it started, as READ COMMITTED did, without
+the BEGIN and ROLLBACK round trips. A reader that needs one snapshot across several statements
+asks for it: `readonly(snapshot=True)`. A reader never writes: its statements are checked
+before they are sent (`ReadOnlyViolation`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -15,8 +22,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from psycopg import ServerCursor
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from jitaccess.adapters.db.audit_repository import SqlAudit
@@ -51,6 +61,7 @@ def parse_payload(payload: str) -> tuple[str, datetime | None]:
 
 
 log = logging.getLogger("jitaccess.db")
+IDLE = TransactionStatus.IDLE
 
 
 def libpq_dsn_to_url(dsn: str) -> str:
@@ -98,26 +109,90 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            mode = "DEFERRED" if conn.get_execution_options().get("jit_readonly") else "IMMEDIATE"
+            options = conn.get_execution_options()
+            if options.get("jit_reader"):
+                # Without BEGIN each statement is a read of its own, like PostgreSQL's
+                # autocommit; a snapshot reader holds one read transaction.
+                if options.get("jit_snapshot"):
+                    conn.exec_driver_sql("BEGIN DEFERRED")
+                return
+            mode = "DEFERRED" if options.get("jit_readonly") else "IMMEDIATE"
             conn.exec_driver_sql(f"BEGIN {mode}")
 
-        return engine
-    # No pre-ping: it costs a round trip per unit of work. A connection found dead raises once
-    # (503 / a worker retry) and SQLAlchemy then invalidates the whole pool.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    else:
+        # No pre-ping: it costs a round trip per unit of work. A connection found dead raises
+        # once (503 / a worker retry) and SQLAlchemy then invalidates the whole pool.
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    event.listen(engine, "before_cursor_execute", _guard_reader)
+    return engine
+
+
+class ReadOnlyViolation(RuntimeError):
+    """A read-only unit of work was asked to write: a bug, refused before it reaches the
+    database (in autocommit, the write would be committed at once, alone)."""
+
+
+# What a reader may send: queries, and the BEGIN of a snapshot. Writes through the
+# repositories are INSERT/UPDATE/DELETE statements, caught by their compiled kind as well.
+_READ_SQL = re.compile(r"\s*(SELECT|WITH|SHOW|BEGIN)\b", re.IGNORECASE)
+
+
+def _guard_reader(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: DefaultExecutionContext | None,
+    executemany: bool,
+) -> None:
+    if not conn.get_execution_options().get("jit_reader"):
+        return
+    if (
+        context is not None and (context.isinsert or context.isupdate or context.isdelete)
+    ) or not _READ_SQL.match(statement):
+        raise ReadOnlyViolation(f"a read-only unit of work cannot run: {statement[:60]}")
+    if isinstance(cursor, ServerCursor) and _autocommit_idle(cursor.connection):
+        # PostgreSQL declares a server-side cursor only inside a transaction: a streamed
+        # query in an autocommit reader gets one, read-only, ended when the reader closes.
+        cursor.connection.execute("BEGIN READ ONLY")
+
+
+def _autocommit_idle(connection: Any) -> bool:
+    return bool(connection.autocommit) and connection.info.transaction_status == IDLE
+
+
+# Readers run outside transactions: each statement sees what was committed when it started
+# (as READ COMMITTED did), with no BEGIN and ROLLBACK round trips. A snapshot reader holds one
+# read-only transaction.
+_READER = {"jit_reader": True}
+_PG_READER = {**_READER, "isolation_level": "AUTOCOMMIT"}
+_PG_SNAPSHOT = {
+    **_READER,
+    "jit_snapshot": True,
+    "isolation_level": "REPEATABLE READ",
+    "postgresql_readonly": True,
+}
+_SQLITE_SNAPSHOT = {**_READER, "jit_snapshot": True}
 
 
 class SqlUnitOfWork:
+    """One transaction (see `ports.UnitOfWork`), or with `readonly` a reader that changes
+    nothing: its statements cannot write, and `commit()` only records the audit entries
+    appended to it (a refused attempt, see `services.context.refuse`), in a write transaction
+    of their own."""
+
     def __init__(
         self,
         engine: Engine,
         *,
         on_wake: Callable[[datetime | None], None] | None,
         readonly: bool = False,
+        snapshot: bool = False,
     ) -> None:
         self.engine = engine
         self.on_wake = on_wake
         self.readonly = readonly
+        self.snapshot = snapshot
         self.is_postgres = engine.dialect.name == "postgresql"
         self._wake = False
         self._wake_due: datetime | None = None
@@ -126,7 +201,7 @@ class SqlUnitOfWork:
         try:
             self.conn = self.engine.connect()
             if self.readonly:
-                self.conn = self.conn.execution_options(jit_readonly=True)
+                self.conn = self.conn.execution_options(**self._reader_options())
         except OperationalError as error:
             # The driver's message can name host and user: keep it for the log, not the caller.
             log.warning("database unreachable: %s", error.orig)
@@ -143,6 +218,11 @@ class SqlUnitOfWork:
         self.ops = SqlOps(self.conn)
         return self
 
+    def _reader_options(self) -> dict[str, Any]:
+        if self.is_postgres:
+            return _PG_SNAPSHOT if self.snapshot else _PG_READER
+        return _SQLITE_SNAPSHOT if self.snapshot else _READER
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -156,6 +236,9 @@ class SqlUnitOfWork:
             self.conn.close()
 
     def commit(self) -> None:
+        if self.readonly:
+            self._record_audit_entries()
+            return
         try:
             self.audit.flush()
         except DBAPIError as error:
@@ -173,6 +256,13 @@ class SqlUnitOfWork:
         if self._wake and self.on_wake is not None:
             self.on_wake(self._wake_due)
         self._wake, self._wake_due = False, None
+
+    def _record_audit_entries(self) -> None:
+        pending, self.audit.pending = self.audit.pending, []
+        if pending:
+            with SqlUnitOfWork(self.engine, on_wake=None) as writer:
+                writer.audit.pending.extend(pending)
+                writer.commit()
 
     def lock_role(self, role: str) -> None:
         # SQLite's BEGIN IMMEDIATE already serialises every writer.
@@ -204,5 +294,8 @@ class SqlUnitOfWorkFactory:
     def __call__(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.engine, on_wake=self.on_wake)
 
-    def readonly(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, on_wake=None, readonly=True)
+    def readonly(self, *, snapshot: bool = False) -> SqlUnitOfWork:
+        """A unit of work that changes nothing. Each statement sees what was committed when
+        it started; with `snapshot`, all see one snapshot (a read-only REPEATABLE READ
+        transaction on PostgreSQL, a deferred transaction on SQLite)."""
+        return SqlUnitOfWork(self.engine, on_wake=None, readonly=True, snapshot=snapshot)

@@ -7,14 +7,15 @@ unexpected become problems too, without stacks, DSNs or other internals in the b
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,6 +59,8 @@ _STATUS: dict[type[JitAccessError], tuple[int, str]] = {
     Unavailable: (503, "Service unavailable"),
 }
 DATABASE_UNAVAILABLE = "database unavailable"
+# Where a request's bearer token waits to be looked up (see `auth.Caller`).
+CALLER_KEY = "jitaccess.caller"
 
 
 class ProblemResponse(JSONResponse):
@@ -202,12 +205,45 @@ async def _on_http_error(request: Request, exc: Exception) -> ProblemResponse:
     )
 
 
+class PendingCaller(Protocol):
+    """A bearer token not looked up yet: the route looks it up first thing (`auth.Caller`)."""
+
+    pending: bool
+
+    def authenticate_alone(self) -> str: ...
+
+
+Handler = Callable[[Request, Exception], Awaitable[ProblemResponse]]
+
+
+def authenticated_first(handler: Handler) -> Handler:
+    """An error answered before the route ran (invalid input, a dependency's refusal) is a
+    401 problem if the token is bad: authentication comes first, as it always has."""
+
+    async def handle(request: Request, exc: Exception) -> ProblemResponse:
+        caller: PendingCaller | None = request.scope.get(CALLER_KEY)
+        if caller is not None and caller.pending:
+            try:
+                await run_in_threadpool(caller.authenticate_alone)
+            except JitAccessError as error:
+                return error_problem(error)
+            except DBAPIError as error:
+                return await _on_database_error(request, error)
+        return await handler(request, exc)
+
+    return handle
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(JitAccessError, _on_domain_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(DataError, _on_data_error)  # found before its parent, DBAPIError
-    app.add_exception_handler(DBAPIError, _on_database_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    handlers: list[tuple[type[Exception], Handler]] = [
+        (JitAccessError, _on_domain_error),
+        (RequestValidationError, _on_validation_error),
+        (DataError, _on_data_error),  # found before its parent, DBAPIError
+        (DBAPIError, _on_database_error),
+        (StarletteHTTPException, _on_http_error),
+    ]
+    for error, handler in handlers:
+        app.add_exception_handler(error, authenticated_first(handler))
 
 
 class UnhandledErrorMiddleware:

@@ -12,14 +12,14 @@ from jitaccess.audit.chain import record_to_dict
 from jitaccess.bootstrap import summarize_changes
 from jitaccess.domain.errors import InvalidInput, NotFound
 from jitaccess.entrypoints.api import schemas
-from jitaccess.entrypoints.api.auth import Principal, require_reader
-from jitaccess.entrypoints.api.dependencies import ContainerDep
-from jitaccess.entrypoints.api.responses import COMMON, problem_responses
+from jitaccess.entrypoints.api.auth import Principal, RequestRoute, require_reader
+from jitaccess.entrypoints.api.dependencies import ContainerDep, ReaderDep
+from jitaccess.entrypoints.api.responses import COMMON, ModelResponse, problem_responses
 from jitaccess.services.apply_policy import apply_policy
 from jitaccess.services.check_access import check_access
 from jitaccess.services.verify_audit import verify_audit
 
-router = APIRouter(prefix="/api/v1", responses=COMMON)
+router = APIRouter(prefix="/api/v1", responses=COMMON, route_class=RequestRoute)
 
 MAX_POLICY_BYTES = 1_000_000
 # Audit sequence numbers are 64-bit in both stores; a larger `after` is a 422, not a driver error.
@@ -37,17 +37,17 @@ YAML_TYPES = frozenset(
 )
 def check(
     caller: Principal,
+    uow: ReaderDep,
     container: ContainerDep,
     role: Annotated[str, Query(description="e.g. prod-db/readonly")],
     principal: Annotated[str | None, Query(description="whose access; default: the caller")] = None,
-) -> schemas.AccessCheckOut:
+) -> ModelResponse:
     """Is this access in force now, and until when? Others' access only for admins/auditors."""
     who = principal or caller
-    with container.uow.readonly() as uow:
-        if who != caller:
-            require_reader(uow, caller)
-        result = check_access(uow, container.clock, principal=who, role=role)
-    return schemas.AccessCheckOut.of(result)
+    if who != caller:
+        require_reader(uow, caller)
+    result = check_access(uow, container.clock, principal=who, role=role)
+    return ModelResponse(schemas.AccessCheckOut.of(result))
 
 
 @router.get(
@@ -55,7 +55,7 @@ def check(
 )
 def get_audit(
     caller: Principal,
-    container: ContainerDep,
+    uow: ReaderDep,
     after: Annotated[
         int, Query(ge=0, le=MAX_SEQ, description="records after this sequence number")
     ] = 0,
@@ -65,12 +65,11 @@ def get_audit(
     ] = None,
 ) -> schemas.AuditList:
     """Audit records in order, each with its hash link; admins and auditors only."""
-    with container.uow.readonly() as uow:
-        require_reader(uow, caller)
-        if tail is not None:
-            records = uow.audit.last(tail)
-        else:
-            records = uow.audit.records(after=after, limit=limit)
+    require_reader(uow, caller)
+    if tail is not None:
+        records = uow.audit.last(tail)
+    else:
+        records = uow.audit.records(after=after, limit=limit)
     return schemas.AuditList(items=[record_to_dict(r) for r in records])
 
 
@@ -80,20 +79,20 @@ def get_audit(
     response_model=schemas.VerificationOut,
     responses=problem_responses(403),
 )
-def verify(caller: Principal, container: ContainerDep) -> dict[str, Any]:
+def verify(caller: Principal, uow: ReaderDep, container: ContainerDep) -> dict[str, Any]:
     """Recompute the hash chain; `ok` says whether it holds (the status is 200 either way)."""
-    with container.uow.readonly() as uow:
-        require_reader(uow, caller)
-        return verify_audit(uow).as_dict()
+    require_reader(uow, caller)
+    # Page after page of records: all read from one snapshot.
+    with container.uow.readonly(snapshot=True) as snapshot:
+        return verify_audit(snapshot).as_dict()
 
 
 @router.get(
     "/policy", tags=["policy"], response_model=schemas.PolicyOut, responses=problem_responses(404)
 )
-def get_policy(caller: Principal, container: ContainerDep) -> schemas.PolicyOut:
+def get_policy(caller: Principal, uow: ReaderDep) -> schemas.PolicyOut:
     """The policy in force, as a document in the YAML shape."""
-    with container.uow.readonly() as uow:
-        current = uow.policies.current()
+    current = uow.policies.current()
     if current is None:
         raise NotFound("no policy has been applied yet")
     return schemas.PolicyOut(

@@ -9,15 +9,15 @@ from fastapi.responses import JSONResponse
 
 from jitaccess.domain.model import EndReason, GrantState, RequestState
 from jitaccess.entrypoints.api import schemas
-from jitaccess.entrypoints.api.auth import Principal
-from jitaccess.entrypoints.api.dependencies import ContainerDep
+from jitaccess.entrypoints.api.auth import Principal, RequestRoute
+from jitaccess.entrypoints.api.dependencies import ContainerDep, ReaderDep
 from jitaccess.entrypoints.api.responses import COMMON, problem_responses
 from jitaccess.services.end_grant import end_grant
 from jitaccess.services.extend_grant import extend_grant
 from jitaccess.services.fetch_credentials import fetch_credentials
 from jitaccess.services.read_access import list_grants, read_grant
 
-router = APIRouter(prefix="/api/v1", tags=["grants"], responses=COMMON)
+router = APIRouter(prefix="/api/v1", tags=["grants"], responses=COMMON, route_class=RequestRoute)
 
 CHANGE_RESPONSES = problem_responses(403, 404, 409)
 # Credentials are shown once: no cache, proxy or browser may keep a copy.
@@ -27,24 +27,21 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 @router.get("/grants", response_model=schemas.GrantList)
 def get_grants(
     principal: Principal,
-    container: ContainerDep,
+    uow: ReaderDep,
     state: GrantState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> schemas.GrantList:
     """The caller's grants; every grant for admins and auditors."""
-    with container.uow.readonly() as uow:
-        found = list_grants(
-            uow, viewer=principal, state=state.value if state else None, limit=limit
-        )
+    found = list_grants(uow, viewer=principal, state=state.value if state else None, limit=limit)
     return schemas.GrantList(items=[schemas.GrantOut.of(g) for g in found])
 
 
 @router.get("/grants/{grant_id}", response_model=schemas.GrantOut, responses=problem_responses(404))
-def get_grant(grant_id: str, principal: Principal, container: ContainerDep) -> schemas.GrantOut:
-    with container.uow.readonly() as uow:
-        return schemas.GrantOut.of(
-            read_grant(uow, container.clock, grant_id=grant_id, viewer=principal)
-        )
+def get_grant(
+    grant_id: str, principal: Principal, uow: ReaderDep, container: ContainerDep
+) -> schemas.GrantOut:
+    grant = read_grant(uow, container.clock, grant_id=grant_id, viewer=principal)
+    return schemas.GrantOut.of(grant)
 
 
 @router.get(

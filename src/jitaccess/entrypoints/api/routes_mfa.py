@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from jitaccess.entrypoints.api.auth import Principal
-from jitaccess.entrypoints.api.dependencies import ContainerDep
+from jitaccess.entrypoints.api.auth import Principal, RequestRoute
+from jitaccess.entrypoints.api.dependencies import ContainerDep, ReaderDep
 from jitaccess.entrypoints.api.responses import COMMON, problem_responses
 from jitaccess.services.mfa import ISSUER, confirm, enroll, reset, status
 
-router = APIRouter(prefix="/api/v1", tags=["mfa"], responses=COMMON)
+router = APIRouter(prefix="/api/v1", tags=["mfa"], responses=COMMON, route_class=RequestRoute)
 
 # The secret is shown once: no cache, proxy or browser may keep a copy.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -67,10 +67,10 @@ def confirm_mfa(body: MfaConfirm, principal: Principal, container: ContainerDep)
 
 
 @router.get("/mfa", response_model=MfaStatusOut)
-def get_mfa(principal: Principal, container: ContainerDep) -> MfaStatusOut:
+def get_mfa(principal: Principal, uow: ReaderDep, container: ContainerDep) -> MfaStatusOut:
     """Whether the caller is enrolled and confirmed, and any lockout; never the secret."""
-    with container.uow.readonly() as uow:
-        return MfaStatusOut.model_validate(status(uow, principal=principal, clock=container.clock))
+    found = status(uow, principal=principal, clock=container.clock)
+    return MfaStatusOut.model_validate(found)
 
 
 @router.delete(

@@ -11,15 +11,15 @@ from jitaccess.bootstrap import Container
 from jitaccess.domain.errors import JitAccessError
 from jitaccess.domain.model import Decision, Request, RequestState
 from jitaccess.entrypoints.api import schemas
-from jitaccess.entrypoints.api.auth import Principal
-from jitaccess.entrypoints.api.dependencies import ContainerDep, MetricsDep
+from jitaccess.entrypoints.api.auth import Principal, RequestRoute
+from jitaccess.entrypoints.api.dependencies import ContainerDep, MetricsDep, ReaderDep
 from jitaccess.entrypoints.api.responses import COMMON, problem_responses
 from jitaccess.services.cancel_request import cancel_request
 from jitaccess.services.decide_request import decide_request
 from jitaccess.services.read_access import list_requests, read_request
 from jitaccess.services.request_access import request_access
 
-router = APIRouter(prefix="/api/v1", tags=["requests"], responses=COMMON)
+router = APIRouter(prefix="/api/v1", tags=["requests"], responses=COMMON, route_class=RequestRoute)
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="at most this many items")]
 
@@ -77,21 +77,21 @@ def create_request(
 @router.get("/requests", response_model=schemas.RequestList)
 def get_requests(
     principal: Principal,
+    uow: ReaderDep,
     container: ContainerDep,
     state: RequestState | None = None,
     to_approve: Annotated[bool, Query(description="only those the caller may decide now")] = False,
     limit: Limit = 200,
 ) -> schemas.RequestList:
     """Requests the caller may see: their own, those they approve, all for admins/auditors."""
-    with container.uow.readonly() as uow:
-        found = list_requests(
-            uow,
-            container.clock,
-            viewer=principal,
-            state=state.value if state else None,
-            to_approve=to_approve,
-            limit=limit,
-        )
+    found = list_requests(
+        uow,
+        container.clock,
+        viewer=principal,
+        state=state.value if state else None,
+        to_approve=to_approve,
+        limit=limit,
+    )
     return schemas.RequestList(items=[schemas.RequestOut.of(r) for r in found])
 
 
@@ -101,12 +101,10 @@ def get_requests(
     responses=problem_responses(404),
 )
 def get_request(
-    request_id: str, principal: Principal, container: ContainerDep
+    request_id: str, principal: Principal, uow: ReaderDep, container: ContainerDep
 ) -> schemas.RequestOut:
-    with container.uow.readonly() as uow:
-        return schemas.RequestOut.of(
-            read_request(uow, container.clock, request_id=request_id, viewer=principal)
-        )
+    request = read_request(uow, container.clock, request_id=request_id, viewer=principal)
+    return schemas.RequestOut.of(request)
 
 
 def _decide(

@@ -10,28 +10,25 @@ from fastapi import APIRouter, Query
 from jitaccess.domain.errors import InvalidInput
 from jitaccess.domain.model import ReviewState
 from jitaccess.entrypoints.api import schemas
-from jitaccess.entrypoints.api.auth import Principal
-from jitaccess.entrypoints.api.dependencies import ContainerDep
+from jitaccess.entrypoints.api.auth import Principal, RequestRoute
+from jitaccess.entrypoints.api.dependencies import ContainerDep, ReaderDep
 from jitaccess.entrypoints.api.responses import COMMON, problem_responses
 from jitaccess.services.notify import list_notifications
 from jitaccess.services.reviews import list_reviews, read_review, sign_off
 
-router = APIRouter(prefix="/api/v1", responses=COMMON)
+router = APIRouter(prefix="/api/v1", responses=COMMON, route_class=RequestRoute)
 
 
 @router.get("/reviews", tags=["reviews"], response_model=schemas.ReviewList)
 def get_reviews(
     principal: Principal,
-    container: ContainerDep,
+    uow: ReaderDep,
     state: ReviewState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> schemas.ReviewList:
     """Break-glass reviews the caller may see: their own, those of roles they approve, all for
     admins and auditors. `state=open` lists what still needs a sign-off."""
-    with container.uow.readonly() as uow:
-        found = list_reviews(
-            uow, viewer=principal, state=state.value if state else None, limit=limit
-        )
+    found = list_reviews(uow, viewer=principal, state=state.value if state else None, limit=limit)
     return schemas.ReviewList(items=[schemas.ReviewOut.of(r) for r in found])
 
 
@@ -41,9 +38,8 @@ def get_reviews(
     response_model=schemas.ReviewOut,
     responses=problem_responses(404),
 )
-def get_review(review_id: str, principal: Principal, container: ContainerDep) -> schemas.ReviewOut:
-    with container.uow.readonly() as uow:
-        return schemas.ReviewOut.of(read_review(uow, review_id=review_id, viewer=principal))
+def get_review(review_id: str, principal: Principal, uow: ReaderDep) -> schemas.ReviewOut:
+    return schemas.ReviewOut.of(read_review(uow, review_id=review_id, viewer=principal))
 
 
 @router.post(
@@ -66,7 +62,7 @@ def post_sign_off(
 @router.get("/notifications", tags=["notifications"], response_model=schemas.NotificationList)
 def get_notifications(
     principal: Principal,
-    container: ContainerDep,
+    uow: ReaderDep,
     since: Annotated[datetime | None, Query(description="only those at or after this time")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> schemas.NotificationList:
@@ -77,6 +73,5 @@ def get_notifications(
         except OverflowError:
             # 0001-01-01T00:00:00+14:00 is a valid timestamp that UTC cannot hold.
             raise InvalidInput("since is out of range", field="since") from None
-    with container.uow.readonly() as uow:
-        found = list_notifications(uow, viewer=principal, since=since, limit=limit)
+    found = list_notifications(uow, viewer=principal, since=since, limit=limit)
     return schemas.NotificationList(items=[schemas.NotificationOut.of(n) for n in found])

@@ -11,12 +11,12 @@ from jitaccess.bootstrap import Container
 from jitaccess.domain.errors import NotFound
 from jitaccess.domain.policy import Target
 from jitaccess.entrypoints.api import schemas
-from jitaccess.entrypoints.api.auth import Principal, require_admin, require_reader
-from jitaccess.entrypoints.api.dependencies import ContainerDep
+from jitaccess.entrypoints.api.auth import Principal, RequestRoute, require_admin, require_reader
+from jitaccess.entrypoints.api.dependencies import ContainerDep, ReaderDep
 from jitaccess.entrypoints.api.responses import COMMON, problem_responses
 from jitaccess.services.reconcile import check_targets, reconcile
 
-router = APIRouter(prefix="/api/v1", responses=COMMON)
+router = APIRouter(prefix="/api/v1", responses=COMMON, route_class=RequestRoute)
 
 
 @router.get(
@@ -27,23 +27,21 @@ router = APIRouter(prefix="/api/v1", responses=COMMON)
 )
 def get_targets(
     principal: Principal,
+    uow: ReaderDep,
     container: ContainerDep,
     check: Annotated[bool, Query(description="run every health check now (admins)")] = False,
 ) -> schemas.TargetList:
     """Each target of the policy: connector type, drift action, last health check and error,
     last reconcile, open drift findings. Admins and auditors."""
-    with container.uow.readonly() as uow:
-        require_reader(uow, principal)
-        if check:
-            require_admin(uow, principal)
+    require_reader(uow, principal)
     if check:
+        require_admin(uow, principal)
         check_targets(container.uow, container.clock, container.connectors)
-    with container.uow.readonly() as uow:
-        policy = container.current_policy()
-        health = {h.target: h for h in uow.ops.health()}
-        open_drift: dict[str, int] = {}
-        for finding in uow.drift.list(state="open", limit=10_000):
-            open_drift[finding.target] = open_drift.get(finding.target, 0) + 1
+    policy = container.current_policy()
+    health = {h.target: h for h in uow.ops.health()}
+    open_drift: dict[str, int] = {}
+    for finding in uow.drift.list(state="open", limit=10_000):
+        open_drift[finding.target] = open_drift.get(finding.target, 0) + 1
     return schemas.TargetList(
         items=[
             schemas.TargetOut.of(target, health.get(name), open_drift.get(name, 0))
@@ -57,15 +55,14 @@ def get_targets(
 )
 def get_drift(
     principal: Principal,
-    container: ContainerDep,
+    uow: ReaderDep,
     state: Annotated[str | None, Query(pattern="^(open|removed|repaired|gone)$")] = "open",
     target: str | None = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> schemas.DriftList:
     """Access found in targets that no grant explains, and grants whose access went missing."""
-    with container.uow.readonly() as uow:
-        require_reader(uow, principal)
-        found = uow.drift.list(state=state, target=target, limit=limit)
+    require_reader(uow, principal)
+    found = uow.drift.list(state=state, target=target, limit=limit)
     return schemas.DriftList(items=[schemas.DriftOut.of(f) for f in found])
 
 
@@ -77,12 +74,12 @@ def get_drift(
 )
 def post_reconcile(
     principal: Principal,
+    uow: ReaderDep,
     container: ContainerDep,
     target: Annotated[list[str] | None, Query(description="only these targets")] = None,
 ) -> schemas.ReconcileOut:
     """Compare every target (or the named ones) with the grants now; admins only."""
-    with container.uow.readonly() as uow:
-        require_admin(uow, principal)
+    require_admin(uow, principal)
     policy = container.current_policy()
     unknown = [t for t in target or [] if t not in policy.targets]
     if unknown:
