@@ -18,8 +18,18 @@ def access_key(
     """Grants with the same key share access in the target and are reference-counted."""
     target = policy.roles[role].target
     if connectors.per_grant_account(policy.targets[target]):
-        return f"{target}|grant|{grant_id}"
+        return _own_key(target, grant_id)
     return f"{target}|{principal}|{role}"
+
+
+def _own_key(target: str, grant_id: str) -> str:
+    return f"{target}|grant|{grant_id}"
+
+
+def shares_access(grant: Grant) -> bool:
+    """Whether other grants may hold this grant's access (no need to ask when its key names
+    the grant itself)."""
+    return grant.access_key != _own_key(grant.target, grant.id)
 
 
 def target_of(policy: Policy, name: str) -> Target:

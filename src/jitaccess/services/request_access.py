@@ -170,7 +170,6 @@ def request_access(
             **({"mfa": True} if needs_mfa else {}),
         },
     )
-    uow.requests.add(request)
     if emergency:
         sound_break_glass(uow, policy, request, now)
         request.approve(now)
@@ -199,7 +198,8 @@ def request_access(
             issue_grants(uow, connectors, policy, request, now)
         else:
             settle(uow, connectors, policy, request, now, actor="system")
-    uow.requests.save(request)
+    # Written once, as approval left it (nothing above reads the request back).
+    uow.requests.add(request)
     uow.commit()
     return request
 

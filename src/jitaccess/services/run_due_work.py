@@ -3,19 +3,22 @@ revoke in the targets, retry failures with backoff, and flag grants that keep fa
 
 Connector calls run outside any database transaction: an item is first *claimed* (its due time
 pushed one lease ahead, so a crashed worker's items come back on their own), then the outcome
-is applied in a second transaction that re-reads the row under lock.
+is applied in a second transaction that re-reads the row under lock. Outcomes are recorded as
+they arrive: everything finished by then goes into one transaction (one audit append, one
+commit), so a slow target delays only its own grants' records, and a batch costs a few commits
+instead of one per grant. If that transaction fails, each outcome is recorded on its own.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from jitaccess.domain.model import ENDED_GRANT_STATES, EndReason, Grant, GrantState, retry_delay
+from jitaccess.domain.model import EndReason, Grant, GrantState, retry_delay
 from jitaccess.ports import (
     Clock,
     Connectors,
@@ -26,7 +29,15 @@ from jitaccess.ports import (
 )
 from jitaccess.services.approval_flow import announce_escalations
 from jitaccess.services.context import audit
-from jitaccess.services.grant_issuing import access_of, target_of
+from jitaccess.services.grant_issuing import access_of, shares_access, target_of
+from jitaccess.services.grant_outcomes import (
+    Tally,
+    describe,
+    record_failure,
+    record_provision,
+    record_revoke,
+    report_leftover_access,
+)
 from jitaccess.services.notify import notify
 
 
@@ -73,6 +84,18 @@ class WorkReport:
 class _Claim:
     grant: Grant
     policy: PolicyVersion
+    # For a revoke: the other grants that hold the same access, so it stays in the target.
+    retained_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What the target did with a claim: done (with sealed credentials, if it gave any), or
+    failed with `error`."""
+
+    claim: _Claim
+    sealed: bytes | None = None
+    error: Exception | None = None
 
 
 def run_due_work(
@@ -87,11 +110,18 @@ def run_due_work(
     work = _Pass(uow_factory, clock, connectors, box, options, WorkReport(batch=options.batch))
     claims = work.claim()
     if executor is None or len(claims) <= 1:
-        for claim in claims:
-            work.perform(claim)
+        work.record([work.perform(claim) for claim in claims])
     else:
-        for future in [executor.submit(work.perform, c) for c in claims]:
-            future.result()
+        running = {executor.submit(work.perform, claim) for claim in claims}
+        while running:
+            # Whatever has finished by now, recorded together while the rest keep running.
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            # A call cancelled by a shutting-down worker comes back when its lease runs out.
+            work.record([f.result() for f in finished if not f.cancelled()])
+    if work.unrecorded:
+        # Nothing was lost (the leases bring those grants back), but the pass failed: let the
+        # worker loop back off as it does for any database error.
+        raise work.unrecorded[0]
     return work.report
 
 
@@ -103,8 +133,10 @@ class _Pass:
     box: SecretBox
     options: WorkerOptions
     report: WorkReport
+    unrecorded: list[Exception] = field(default_factory=list)
 
     def claim(self) -> list[_Claim]:
+        claimed: list[Grant] = []
         claims: list[_Claim] = []
         with self.uow_factory() as uow:
             now = self.clock.now()
@@ -136,166 +168,133 @@ class _Pass:
                 # Claim: push the due time one lease ahead; if this worker dies, it comes back.
                 grant.next_attempt_at = now + self.options.lease
                 uow.grants.save(grant)
-                if current is not None:
-                    claims.append(_Claim(grant, current))
+                claimed.append(grant)
+            if current is not None:
+                # Asked once every claim is saved, so a grant ending in this same pass is not
+                # taken for one that keeps the access.
+                claims = [_Claim(g, current, self._holders(uow, g)) for g in claimed]
             uow.commit()
         self.report.claimed = len(claims)
         return claims
 
-    def perform(self, claim: _Claim) -> None:
+    @staticmethod
+    def _holders(uow: UnitOfWork, grant: Grant) -> tuple[str, ...]:
+        if grant.state is not GrantState.REVOKING or not shares_access(grant):
+            return ()
+        return tuple(g.id for g in uow.grants.holding(grant.access_key, exclude=grant.id))
+
+    def perform(self, claim: _Claim) -> _Outcome:
+        """The connector call, outside any transaction (on the executor's threads)."""
         grant = claim.grant
-        access = access_of(claim.policy.policy, grant)
         try:
-            connector = self.connectors.for_target(target_of(claim.policy.policy, grant.target))
+            policy = claim.policy.policy
+            access = access_of(policy, grant)
+            connector = self.connectors.for_target(target_of(policy, grant.target))
             if grant.state is GrantState.ACTIVATING:
-                self._after_provision(claim, connector.provision(access))
-            else:
-                retained_by = self._holders(grant)
-                if not retained_by:
-                    connector.revoke(access)
-                self._after_revoke(claim, retained_by)
+                credentials = connector.provision(access)
+                if not credentials:
+                    return _Outcome(claim)
+                return _Outcome(claim, sealed=self.box.seal(json.dumps(credentials).encode()))
+            if not claim.retained_by:
+                connector.revoke(access)
+            return _Outcome(claim)
         except Exception as error:  # any failure of a target is retried, never lost
-            self._after_failure(grant, error)
+            return _Outcome(claim, error=error)
 
-    def _holders(self, grant: Grant) -> list[str]:
-        with self.uow_factory() as uow:
-            return [g.id for g in uow.grants.holding(grant.access_key, exclude=grant.id)]
+    # --- recording ------------------------------------------------------------------------------
 
-    def _after_provision(self, claim: _Claim, credentials: Mapping[str, str] | None) -> None:
+    def record(self, outcomes: list[_Outcome]) -> None:
+        """Record the outcomes in one transaction; if it fails, each on its own, so one that
+        cannot be recorded does not take the others' with it."""
+        if not outcomes:
+            return
+        for outcome in outcomes:
+            if outcome.error is not None:
+                self._count_failure(outcome)
+        try:
+            late = self._record_together(outcomes)
+        except Exception as error:
+            if len(outcomes) == 1:
+                self._not_recorded(outcomes[0], error)
+                return
+            late = []
+            for outcome in outcomes:
+                try:
+                    late += self._record_together([outcome])
+                except Exception as alone:
+                    self._not_recorded(outcome, alone)
+        for claim, grant in late:
+            try:
+                self._remove_late_access(claim, grant)
+            except Exception as error:  # its record is committed; this is the alarm only
+                self.unrecorded.append(error)
+
+    def _not_recorded(self, outcome: _Outcome, error: Exception) -> None:
+        """Its record failed. If the target did its part, note a failure instead: the grant
+        is retried with backoff (connectors are idempotent), as after a connector error."""
+        if outcome.error is not None:
+            self.unrecorded.append(error)
+            return
+        failed = _Outcome(outcome.claim, error=error)
+        self._count_failure(failed)
+        try:
+            self._record_together([failed])  # a failure record has no late access to remove
+        except Exception as again:
+            self.unrecorded.append(again)
+
+    def _count_failure(self, outcome: _Outcome) -> None:
+        self.report.failures += 1
+        self.report.errors.append(f"{outcome.claim.grant.id}: {describe(outcome.error)}")
+
+    def _record_together(self, outcomes: Iterable[_Outcome]) -> list[tuple[_Claim, Grant]]:
+        """One transaction; returns the grants whose access was made after they had ended."""
+        tally = Tally()
+        late: list[tuple[_Claim, Grant]] = []
         with self.uow_factory() as uow:
             now = self.clock.now()
-            grant = uow.grants.get(claim.grant.id, for_update=True)
-            if grant is not None and grant.state is GrantState.REVOKING:
-                # Ended while we provisioned: the revoke waited for us; it may run now.
-                grant.next_attempt_at = now
-                uow.grants.save(grant)
-                uow.wake_worker()
-                uow.commit()
-                return
-            if grant is None or grant.state is not GrantState.ACTIVATING:
-                if grant is not None and grant.state in ENDED_GRANT_STATES:
-                    # Ended and confirmed meanwhile (our lease ran out): take away what we just
-                    # made, and if the target refuses, say so loudly; drift detection is the
-                    # net that finds it later.
-                    self._remove_late_access(uow, claim, grant, now)
-                return
-            grant.mark_provisioned(now)
-            uow.grants.save(grant)
-            if credentials:
-                uow.grants.set_credentials(
-                    grant.id, self.box.seal(json.dumps(credentials).encode())
-                )
-            audit(
-                uow,
-                now,
-                "system",
-                "grant.provisioned",
-                grant.id,
-                data={
-                    "principal": grant.principal,
-                    "role": grant.role,
-                    "ends_at": grant.ends_at.isoformat(),
-                },
-            )
-            if grant.is_ending:  # provisioning outlasted the grant: revoke right away
-                uow.wake_worker()
+            # Always in id order: two workers recording overlapping rows never deadlock.
+            for outcome in sorted(outcomes, key=lambda o: o.claim.grant.id):
+                claim = outcome.claim
+                grant = uow.grants.get(claim.grant.id, for_update=True)
+                if grant is None:
+                    continue
+                if outcome.error is not None:
+                    if grant.state is claim.grant.state:  # else someone else has moved it on
+                        record_failure(
+                            uow,
+                            grant,
+                            describe(outcome.error),
+                            now,
+                            tally,
+                            retry_in=self._retry_in,
+                            flag_after=self.options.flag_after,
+                        )
+                elif claim.grant.state is GrantState.ACTIVATING:
+                    if record_provision(uow, grant, outcome.sealed, now, tally):
+                        late.append((claim, grant))
+                else:
+                    record_revoke(uow, grant, claim.retained_by, now, tally)
             uow.commit()
-            self.report.provisioned += 1
+        self.report.provisioned += tally.provisioned
+        self.report.ended += tally.ended
+        self.report.flagged += tally.flagged
+        return late
 
-    def _remove_late_access(
-        self, uow: UnitOfWork, claim: _Claim, grant: Grant, now: datetime
-    ) -> None:
+    def _remove_late_access(self, claim: _Claim, grant: Grant) -> None:
+        """Take away what we made for a grant that had already ended; if the target refuses,
+        say so loudly (drift detection is the net that finds it later)."""
         policy = claim.policy.policy
         try:
             self.connectors.for_target(target_of(policy, grant.target)).revoke(
                 access_of(policy, grant)
             )
+            return
         except Exception as error:
-            message = f"{type(error).__name__}: {error}"[:500]
-            audit(
-                uow,
-                now,
-                "system",
-                "grant.leftover_access",
-                grant.id,
-                comment="provisioned after the grant ended; removing it failed: " + message,
-                data={"principal": grant.principal, "role": grant.role, "target": grant.target},
-            )
-            notify(
-                uow,
-                now,
-                policy.people(policy.admins),
-                "leftover-access",
-                grant.id,
-                f"access of ended grant {grant.id} ({grant.principal}, {grant.role}) may remain in "
-                f"{grant.target}: {message}; `jitaccess reconcile` finds and removes it",
-            )
+            message = describe(error)[:500]
+        with self.uow_factory() as uow:
+            report_leftover_access(uow, policy, grant, self.clock.now(), message)
             uow.commit()
 
-    def _after_revoke(self, claim: _Claim, retained_by: list[str]) -> None:
-        with self.uow_factory() as uow:
-            now = self.clock.now()
-            grant = uow.grants.get(claim.grant.id, for_update=True)
-            if grant is None or grant.state is not GrantState.REVOKING:
-                return
-            grant.confirm_ended(now)
-            uow.grants.save(grant)
-            uow.grants.drop_credentials(grant.id)
-            data: dict[str, object] = {
-                "principal": grant.principal,
-                "role": grant.role,
-                "ends_at": grant.ends_at.isoformat(),
-            }
-            if grant.end_reason is EndReason.EXPIRED:
-                data["lag_ms"] = max(0, int((now - grant.ends_at).total_seconds() * 1000))
-            if retained_by:
-                data["access_retained_by"] = retained_by
-            audit(
-                uow,
-                now,
-                grant.ended_by or "system",
-                f"grant.{grant.state.value}",
-                grant.id,
-                comment=grant.end_comment,
-                data=data,
-            )
-            if not retained_by:
-                # A grant for the same access may have become active while we revoked: restore it.
-                for other in uow.grants.holding(grant.access_key, exclude=grant.id):
-                    if other.state is GrantState.ACTIVE:
-                        other.reprovision(now)
-                        uow.grants.save(other)
-                        uow.wake_worker()
-            uow.commit()
-            self.report.ended += 1
-
-    def _after_failure(self, claimed: Grant, error: Exception) -> None:
-        message = f"{type(error).__name__}: {error}"
-        self.report.failures += 1
-        self.report.errors.append(f"{claimed.id}: {message}")
-        with self.uow_factory() as uow:
-            now = self.clock.now()
-            grant = uow.grants.get(claimed.id, for_update=True)
-            if grant is None or grant.state is not claimed.state:
-                return
-            delay = retry_delay(
-                grant.attempts + 1,
-                base=self.options.retry_base,
-                cap=self.options.retry_cap,
-                jitter=self.options.jitter(),
-            )
-            if grant.record_failure(
-                now, message, retry_in=delay, flag_after=self.options.flag_after
-            ):
-                self.report.flagged += 1
-                audit(
-                    uow,
-                    now,
-                    "system",
-                    "grant.flagged",
-                    grant.id,
-                    comment=f"{grant.state.value} keeps failing; retrying continues",
-                    data={"attempts": grant.attempts, "error": grant.last_error},
-                )
-            uow.grants.save(grant)
-            uow.commit()
+    def _retry_in(self, attempt: int) -> timedelta:
+        o = self.options
+        return retry_delay(attempt, base=o.retry_base, cap=o.retry_cap, jitter=o.jitter())

@@ -1,5 +1,9 @@
 """Repositories over SQLAlchemy Core: domain objects in, domain objects out. Requests and grants
-here; the audit trail, policy versions and API tokens each have their own module."""
+here; the audit trail, policy versions and API tokens each have their own module.
+
+Statements are built once, at import, and executed with the row as parameters: a statement
+built per call (`.values(**row)`) makes SQLAlchemy compute a cache key over every value, which
+cost more than the rest of the write."""
 
 from __future__ import annotations
 
@@ -7,7 +11,16 @@ import builtins
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    update,
+)
 
 from jitaccess.adapters.db.tables import grants, requests
 from jitaccess.domain.model import (
@@ -103,24 +116,29 @@ def _request_from(row: Row[Any]) -> Request:
     )
 
 
+# "b_id", not "id": a bound parameter may not share its name with a column being SET.
+_INSERT_REQUEST = requests.insert()
+_GET_REQUEST = select(requests).where(requests.c.id == bindparam("b_id"))
+_GET_REQUEST_FOR_UPDATE = _GET_REQUEST.with_for_update()
+_UPDATE_REQUEST = update(requests).where(requests.c.id == bindparam("b_id"))
+
+
 class SqlRequests:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def add(self, request: Request) -> None:
-        self.conn.execute(requests.insert().values(**_request_row(request)))
+        self.conn.execute(_INSERT_REQUEST, _request_row(request))
 
     def get(self, request_id: str, *, for_update: bool = False) -> Request | None:
-        query = select(requests).where(requests.c.id == request_id)
-        if for_update:
-            query = query.with_for_update()
-        row = self.conn.execute(query).first()
+        query = _GET_REQUEST_FOR_UPDATE if for_update else _GET_REQUEST
+        row = self.conn.execute(query, {"b_id": request_id}).first()
         return _request_from(row) if row else None
 
     def save(self, request: Request) -> None:
         values = _request_row(request)
-        del values["id"]
-        self.conn.execute(update(requests).where(requests.c.id == request.id).values(**values))
+        values["b_id"] = values.pop("id")
+        self.conn.execute(_UPDATE_REQUEST, values)
 
     def list(
         self, *, requester: str | None = None, state: str | None = None, limit: int = 200
@@ -189,27 +207,72 @@ def _grant_from(row: Row[Any]) -> Grant:
 _GRANT_COLUMNS = [grants.c[name] for name in (*_GRANT_FIELDS, "state", "end_reason", "params")]
 
 
+def _state_in(states: frozenset[GrantState]) -> ColumnElement[bool]:
+    """`state IN ('a', 'b')` written out in the SQL: a constant list, where an expanding
+    parameter would be rendered anew on every execution."""
+    return grants.c.state.in_([literal_column(f"'{s.value}'") for s in sorted(states)])
+
+
+_LIVE = _state_in(LIVE_GRANT_STATES)
+_HOLDING = _state_in(HOLDING_GRANT_STATES)
+_SELECT_GRANTS = select(*_GRANT_COLUMNS)
+_INSERT_GRANT = grants.insert()
+_GET_GRANT = _SELECT_GRANTS.where(grants.c.id == bindparam("b_id"))
+_GET_GRANT_FOR_UPDATE = _GET_GRANT.with_for_update()
+_UPDATE_GRANT = update(grants).where(grants.c.id == bindparam("b_id"))
+_HOLDING_GRANTS = _SELECT_GRANTS.where(
+    grants.c.access_key == bindparam("b_key"), grants.c.id != bindparam("b_id"), _HOLDING
+)
+_LIVE_FOR = _SELECT_GRANTS.where(
+    grants.c.principal == bindparam("b_principal"), grants.c.role == bindparam("b_role"), _LIVE
+)
+_LIVE_ON = _SELECT_GRANTS.where(grants.c.target == bindparam("b_target"), _LIVE)
+_COUNT_LIVE = select(func.count()).where(grants.c.role == bindparam("b_role"), _LIVE)
+_LIVE_ROLES = select(grants.c.role, grants.c.target).where(_LIVE).distinct()
+# SKIP LOCKED: several workers on PostgreSQL each claim different rows.
+_DUE_GRANTS = (
+    _SELECT_GRANTS.where(grants.c.due_at <= bindparam("b_now"))
+    .order_by(grants.c.due_at)
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+)
+# One round trip for both: the worker asks after every pass.
+_FIRST_DUE = select(
+    func.min(grants.c.due_at).label("grant"),
+    select(func.min(requests.c.due_at)).scalar_subquery().label("request"),
+)
+# Only a row that holds credentials is written: most grants have none, or none left.
+_DROP_CREDENTIALS = (
+    update(grants)
+    .where(grants.c.id == bindparam("b_id"), grants.c.credentials.is_not(None))
+    .values(credentials=None)
+)
+_SET_CREDENTIALS = update(grants).where(grants.c.id == bindparam("b_id"))
+_GET_CREDENTIALS = select(grants.c.credentials).where(grants.c.id == bindparam("b_id"))
+_CREDENTIALS_FETCHED = select(grants.c.credentials_fetched_at).where(
+    grants.c.id == bindparam("b_id")
+)
+
+
 class SqlGrants:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def _select(self) -> Any:
-        return select(*_GRANT_COLUMNS)
+        return _SELECT_GRANTS
 
     def add(self, grant: Grant) -> None:
-        self.conn.execute(grants.insert().values(**_grant_row(grant)))
+        self.conn.execute(_INSERT_GRANT, _grant_row(grant))
 
     def get(self, grant_id: str, *, for_update: bool = False) -> Grant | None:
-        query = self._select().where(grants.c.id == grant_id)
-        if for_update:
-            query = query.with_for_update()
-        row = self.conn.execute(query).first()
+        query = _GET_GRANT_FOR_UPDATE if for_update else _GET_GRANT
+        row = self.conn.execute(query, {"b_id": grant_id}).first()
         return _grant_from(row) if row else None
 
     def save(self, grant: Grant) -> None:
         values = _grant_row(grant)
-        del values["id"]
-        self.conn.execute(update(grants).where(grants.c.id == grant.id).values(**values))
+        values["b_id"] = values.pop("id")
+        self.conn.execute(_UPDATE_GRANT, values)
 
     def list(
         self,
@@ -229,79 +292,48 @@ class SqlGrants:
         return [_grant_from(r) for r in self.conn.execute(query)]
 
     def holding(self, access_key: str, *, exclude: str) -> builtins.list[Grant]:
-        query = self._select().where(
-            grants.c.access_key == access_key,
-            grants.c.id != exclude,
-            grants.c.state.in_([s.value for s in HOLDING_GRANT_STATES]),
-        )
-        return [_grant_from(r) for r in self.conn.execute(query)]
+        rows = self.conn.execute(_HOLDING_GRANTS, {"b_key": access_key, "b_id": exclude})
+        return [_grant_from(r) for r in rows]
 
     def live_for(self, principal: str, role: str) -> builtins.list[Grant]:
-        query = self._select().where(
-            grants.c.principal == principal,
-            grants.c.role == role,
-            grants.c.state.in_([s.value for s in LIVE_GRANT_STATES]),
-        )
-        return [_grant_from(r) for r in self.conn.execute(query)]
+        rows = self.conn.execute(_LIVE_FOR, {"b_principal": principal, "b_role": role})
+        return [_grant_from(r) for r in rows]
 
     def live_on(self, target: str) -> builtins.list[Grant]:
-        query = self._select().where(
-            grants.c.target == target,
-            grants.c.state.in_([s.value for s in LIVE_GRANT_STATES]),
-        )
-        return [_grant_from(r) for r in self.conn.execute(query)]
+        return [_grant_from(r) for r in self.conn.execute(_LIVE_ON, {"b_target": target})]
 
     def count_live(self, role: str) -> int:
-        query = select(func.count()).where(
-            grants.c.role == role, grants.c.state.in_([s.value for s in LIVE_GRANT_STATES])
-        )
-        return int(self.conn.execute(query).scalar_one())
+        return int(self.conn.execute(_COUNT_LIVE, {"b_role": role}).scalar_one())
 
     def live_roles(self) -> set[tuple[str, str]]:
-        query = (
-            select(grants.c.role, grants.c.target)
-            .where(grants.c.state.in_([s.value for s in LIVE_GRANT_STATES]))
-            .distinct()
-        )
-        return {(row.role, row.target) for row in self.conn.execute(query)}
+        return {(row.role, row.target) for row in self.conn.execute(_LIVE_ROLES)}
 
     def due(self, now: datetime, limit: int) -> builtins.list[Grant]:
-        # SKIP LOCKED: several workers on PostgreSQL each claim different rows.
-        query = (
-            self._select()
-            .where(grants.c.due_at <= now)
-            .order_by(grants.c.due_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return [_grant_from(r) for r in self.conn.execute(query)]
+        rows = self.conn.execute(_DUE_GRANTS, {"b_now": now, "b_limit": limit})
+        return [_grant_from(r) for r in rows]
 
     def next_due_at(self) -> datetime | None:
-        first_grant = self.conn.execute(select(func.min(grants.c.due_at))).scalar()
-        first_request = self.conn.execute(select(func.min(requests.c.due_at))).scalar()
-        dues: list[datetime] = [d for d in (first_grant, first_request) if d is not None]
+        first = self.conn.execute(_FIRST_DUE).one()
+        dues: list[datetime] = [d for d in (first.grant, first.request) if d is not None]
         return min(dues, default=None)
 
     def drop_credentials(self, grant_id: str) -> None:
-        self.conn.execute(update(grants).where(grants.c.id == grant_id).values(credentials=None))
+        self.conn.execute(_DROP_CREDENTIALS, {"b_id": grant_id})
 
     def set_credentials(self, grant_id: str, sealed: bytes) -> None:
-        self.conn.execute(update(grants).where(grants.c.id == grant_id).values(credentials=sealed))
+        self.conn.execute(_SET_CREDENTIALS, {"credentials": sealed, "b_id": grant_id})
 
     def take_credentials(self, grant_id: str, at: datetime) -> bytes | None:
-        row = self.conn.execute(select(grants.c.credentials).where(grants.c.id == grant_id)).first()
+        row = self.conn.execute(_GET_CREDENTIALS, {"b_id": grant_id}).first()
         if row is None or row.credentials is None:
             return None
         self.conn.execute(
-            update(grants)
-            .where(grants.c.id == grant_id)
-            .values(credentials=None, credentials_fetched_at=at)
+            _SET_CREDENTIALS,
+            {"credentials": None, "credentials_fetched_at": at, "b_id": grant_id},
         )
         sealed: bytes = row.credentials
         return sealed
 
     def credentials_fetched(self, grant_id: str) -> bool:
-        fetched = self.conn.execute(
-            select(grants.c.credentials_fetched_at).where(grants.c.id == grant_id)
-        ).scalar()
+        fetched = self.conn.execute(_CREDENTIALS_FETCHED, {"b_id": grant_id}).scalar()
         return fetched is not None

@@ -1,5 +1,6 @@
 """MFA enrollments, reviews, the notification inbox, drift findings, target health and
-periodic jobs over SQLAlchemy Core."""
+periodic jobs over SQLAlchemy Core. Statements are built once and executed with the row as
+parameters (see repositories.py for why)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from jitaccess.adapters.db.tables import (
@@ -24,30 +25,30 @@ from jitaccess.domain.mfa import MfaEnrollment
 from jitaccess.domain.model import Review, ReviewState
 from jitaccess.ports import DriftFinding, Notification, TargetHealth
 
+# Bound parameters are named "b_…": one may not share its name with a column being SET.
+_GET_MFA = select(mfa_enrollments).where(mfa_enrollments.c.principal == bindparam("b_principal"))
+_GET_MFA_FOR_UPDATE = _GET_MFA.with_for_update()
+_UPDATE_MFA = update(mfa_enrollments).where(mfa_enrollments.c.principal == bindparam("b_principal"))
+_DELETE_MFA = delete(mfa_enrollments).where(mfa_enrollments.c.principal == bindparam("b_principal"))
+
 
 class SqlMfa:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def get(self, principal: str, *, for_update: bool = False) -> MfaEnrollment | None:
-        query = select(mfa_enrollments).where(mfa_enrollments.c.principal == principal)
-        if for_update:
-            query = query.with_for_update()
-        row = self.conn.execute(query).first()
+        query = _GET_MFA_FOR_UPDATE if for_update else _GET_MFA
+        row = self.conn.execute(query, {"b_principal": principal}).first()
         return MfaEnrollment(**dict(row._mapping)) if row else None
 
     def save(self, enrollment: MfaEnrollment) -> None:
         values = dict(enrollment.__dict__)
-        done = self.conn.execute(
-            update(mfa_enrollments)
-            .where(mfa_enrollments.c.principal == enrollment.principal)
-            .values(**values)
-        )
+        done = self.conn.execute(_UPDATE_MFA, {**values, "b_principal": enrollment.principal})
         if done.rowcount == 0:
-            self.conn.execute(mfa_enrollments.insert().values(**values))
+            self.conn.execute(mfa_enrollments.insert(), values)
 
     def delete(self, principal: str) -> None:
-        self.conn.execute(delete(mfa_enrollments).where(mfa_enrollments.c.principal == principal))
+        self.conn.execute(_DELETE_MFA, {"b_principal": principal})
 
 
 def _review_row(review: Review) -> dict[str, Any]:
@@ -64,24 +65,27 @@ def _review_from(row: Row[Any]) -> Review:
     return Review(**values)
 
 
+_GET_REVIEW = select(reviews).where(reviews.c.id == bindparam("b_id"))
+_GET_REVIEW_FOR_UPDATE = _GET_REVIEW.with_for_update()
+_UPDATE_REVIEW = update(reviews).where(reviews.c.id == bindparam("b_id"))
+
+
 class SqlReviews:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def add(self, review: Review) -> None:
-        self.conn.execute(reviews.insert().values(**_review_row(review)))
+        self.conn.execute(reviews.insert(), _review_row(review))
 
     def get(self, review_id: str, *, for_update: bool = False) -> Review | None:
-        query = select(reviews).where(reviews.c.id == review_id)
-        if for_update:
-            query = query.with_for_update()
-        row = self.conn.execute(query).first()
+        query = _GET_REVIEW_FOR_UPDATE if for_update else _GET_REVIEW
+        row = self.conn.execute(query, {"b_id": review_id}).first()
         return _review_from(row) if row else None
 
     def save(self, review: Review) -> None:
         values = _review_row(review)
-        del values["id"]
-        self.conn.execute(update(reviews).where(reviews.c.id == review.id).values(**values))
+        values["b_id"] = values.pop("id")
+        self.conn.execute(_UPDATE_REVIEW, values)
 
     def list(self, *, state: str | None = None, limit: int = 200) -> builtins.list[Review]:
         query = select(reviews).order_by(reviews.c.created_at.desc()).limit(limit)
@@ -97,7 +101,7 @@ class SqlNotifications:
     def add(self, notification: Notification) -> None:
         values = dict(notification.__dict__)
         values["data"] = dict(notification.data)
-        self.conn.execute(notifications.insert().values(**values))
+        self.conn.execute(notifications.insert(), values)
 
     def list(
         self, *, recipient: str, since: datetime | None = None, limit: int = 100
@@ -113,6 +117,9 @@ class SqlNotifications:
         return [Notification(**dict(r._mapping)) for r in self.conn.execute(query)]
 
 
+_UPDATE_FINDING = update(drift_findings).where(drift_findings.c.id == bindparam("b_id"))
+
+
 class SqlDrift:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -120,15 +127,13 @@ class SqlDrift:
     def add(self, finding: DriftFinding) -> None:
         values = dict(finding.__dict__)
         values["detail"] = _jsonable(finding.detail)
-        self.conn.execute(drift_findings.insert().values(**values))
+        self.conn.execute(drift_findings.insert(), values)
 
     def save(self, finding: DriftFinding) -> None:
         values = dict(finding.__dict__)
         values["detail"] = _jsonable(finding.detail)
-        del values["id"]
-        self.conn.execute(
-            update(drift_findings).where(drift_findings.c.id == finding.id).values(**values)
-        )
+        values["b_id"] = values.pop("id")
+        self.conn.execute(_UPDATE_FINDING, values)
 
     def open_for(self, target: str) -> builtins.list[DriftFinding]:
         query = select(drift_findings).where(
@@ -152,17 +157,18 @@ def _jsonable(detail: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(detail), default=str))  # type: ignore[no-any-return]
 
 
+_UPDATE_HEALTH = update(target_health).where(target_health.c.target == bindparam("b_target"))
+
+
 class SqlOps:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def save_health(self, health: TargetHealth) -> None:
         values = dict(health.__dict__)
-        done = self.conn.execute(
-            update(target_health).where(target_health.c.target == health.target).values(**values)
-        )
+        done = self.conn.execute(_UPDATE_HEALTH, {**values, "b_target": health.target})
         if done.rowcount == 0:
-            self.conn.execute(target_health.insert().values(**values))
+            self.conn.execute(target_health.insert(), values)
 
     def health(self) -> builtins.list[TargetHealth]:
         query = select(target_health).order_by(target_health.c.target)
