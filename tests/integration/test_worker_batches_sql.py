@@ -230,9 +230,9 @@ def test_a_row_that_refuses_its_record_does_not_lose_the_others(
     _check_audit(app, ids)
 
 
+# Sessions are a PostgreSQL matter.
+@pytest.mark.parametrize("kind", [pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_outcomes_survive_the_worker_losing_its_database_session(app: Container, kind: str) -> None:
-    if kind != "postgres":
-        pytest.skip("sessions are a PostgreSQL matter")
     ids = [_ask(app, who) for who in ("alice", "bob", "dan")]
     dsn = app.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     cut: list[str] = []
