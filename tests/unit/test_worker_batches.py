@@ -220,6 +220,8 @@ def test_a_slow_target_call_does_not_hold_up_recording_the_others() -> None:
             assert grant is not None
             return grant.state
 
+    # The pass waits for it (up to `straggler_wait`): every outcome in its report.
+    h.options = replace(h.options, straggler_wait=timedelta(seconds=WAIT))
     with ThreadPoolExecutor(4) as executor:
         thread, reports = run_in_thread(
             lambda: run_due_work(h.uow, h.clock, h.connectors, h.box, h.options, executor)
@@ -230,6 +232,62 @@ def test_a_slow_target_call_does_not_hold_up_recording_the_others() -> None:
         thread.join(WAIT)
     assert reports and reports[0].provisioned == 3
     assert state(slow) is GrantState.ACTIVE
+    assert verify(h.store.audit).ok
+
+
+def _state(h: Harness, grant_id: str) -> GrantState:
+    with h.uow() as uow:
+        grant = uow.grants.get(grant_id)
+        assert grant is not None
+        return grant.state
+
+
+def test_a_pass_does_not_wait_for_a_call_that_hangs_and_records_it_when_it_returns() -> None:
+    h, picky, _ = harness()
+    h.options = replace(h.options, straggler_wait=timedelta(milliseconds=50))
+    hanging, quick = asked(h, ["alice", "bob"])
+    picky.held[hanging] = threading.Event()
+    with ThreadPoolExecutor(4) as executor:
+        report = run_due_work(h.uow, h.clock, h.connectors, h.box, h.options, executor)
+        assert (report.provisioned, report.left_running) == (1, 1)
+        assert _state(h, quick) is GrantState.ACTIVE
+        assert _state(h, hanging) is GrantState.ACTIVATING
+        # While it hangs, the next pass serves the other grants: a new one, and an end.
+        (late,) = asked(h, ["dan"])
+        h.end("bob", quick, EndReason.DEACTIVATED)
+        report = run_due_work(h.uow, h.clock, h.connectors, h.box, h.options, executor)
+        assert (report.provisioned, report.ended, report.left_running) == (1, 1, 0)
+        assert _state(h, late) is GrantState.ACTIVE
+        assert _state(h, quick) is GrantState.DEACTIVATED
+        assert _state(h, hanging) is GrantState.ACTIVATING  # still claimed: its lease holds
+        picky.held[hanging].set()
+        wait_until(lambda: _state(h, hanging) is GrantState.ACTIVE)
+    assert actions_of(h, hanging).count("grant.provisioned") == 1
+    assert verify(h.store.audit).ok
+
+
+def test_a_call_queued_past_its_lease_is_not_made_and_the_grant_comes_back() -> None:
+    h, picky, _ = harness()
+    h.options = replace(h.options, straggler_wait=timedelta(milliseconds=50))
+    ids = asked(h, ["alice", "bob"])
+    for grant_id in ids:
+        picky.held[grant_id] = threading.Event()
+    with ThreadPoolExecutor(1) as executor:  # the queued call waits behind the hanging one
+        report = run_due_work(h.uow, h.clock, h.connectors, h.box, h.options, executor)
+        assert report.left_running == 2
+        wait_until(lambda: len(picky.started) == 1)
+        (hanging,) = picky.started  # whichever the one thread took first
+        (queued,) = set(ids) - {hanging}
+        h.clock.advance(h.options.lease + timedelta(seconds=1))
+        for event in picky.held.values():
+            event.set()
+        wait_until(lambda: _state(h, hanging) is GrantState.ACTIVE)
+        executor.shutdown(wait=True)
+    assert _state(h, queued) is GrantState.ACTIVATING  # skipped: its lease had run out
+    assert ("provision", queued) not in picky.calls  # the queued call was never made
+    assert h.work().provisioned == 1  # due again: provisioned once, by the next pass
+    assert _state(h, queued) is GrantState.ACTIVE
+    assert actions_of(h, queued).count("grant.provisioned") == 1
     assert verify(h.store.audit).ok
 
 

@@ -12,9 +12,11 @@ instead of one per grant. If that transaction fails, each outcome is recorded on
 from __future__ import annotations
 
 import json
+import logging
 import random
+import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Executor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -40,6 +42,8 @@ from jitaccess.services.grant_outcomes import (
 )
 from jitaccess.services.notify import notify
 
+log = logging.getLogger("jitaccess.worker")
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -49,6 +53,10 @@ class WorkerOptions:
     retry_base: float = 0.5
     retry_cap: float = 60.0
     jitter: Callable[[], float] = random.random
+    # How long a pass waits for its slowest connector calls. Calls still running then are left
+    # to finish on their own and recorded when they do, so a target that hangs does not hold
+    # up revocations on the others (their grants stay claimed by their lease meanwhile).
+    straggler_wait: timedelta = timedelta(seconds=0.5)
 
 
 @dataclass
@@ -63,6 +71,8 @@ class WorkReport:
 
     claimed: int = 0
     batch: int = 0
+    # Connector calls of this pass still running when it moved on (recorded when they finish).
+    left_running: int = 0
 
     @property
     def full(self) -> bool:
@@ -110,14 +120,20 @@ def run_due_work(
     work = _Pass(uow_factory, clock, connectors, box, options, WorkReport(batch=options.batch))
     claims = work.claim()
     if executor is None or len(claims) <= 1:
-        work.record([work.perform(claim) for claim in claims])
+        work.record([o for claim in claims if (o := work.perform(claim)) is not None])
     else:
         running = {executor.submit(work.perform, claim) for claim in claims}
+        deadline = time.monotonic() + options.straggler_wait.total_seconds()
         while running:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             # Whatever has finished by now, recorded together while the rest keep running.
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-            # A call cancelled by a shutting-down worker comes back when its lease runs out.
-            work.record([f.result() for f in finished if not f.cancelled()])
+            finished, running = wait(running, timeout=left, return_when=FIRST_COMPLETED)
+            work.record(_results(finished))
+        work.report.left_running = len(running)
+        for future in running:
+            future.add_done_callback(work.record_straggler)
     if work.unrecorded:
         # Nothing was lost (the leases bring those grants back), but the pass failed: let the
         # worker loop back off as it does for any database error.
@@ -183,9 +199,13 @@ class _Pass:
             return ()
         return tuple(g.id for g in uow.grants.holding(grant.access_key, exclude=grant.id))
 
-    def perform(self, claim: _Claim) -> _Outcome:
-        """The connector call, outside any transaction (on the executor's threads)."""
+    def perform(self, claim: _Claim) -> _Outcome | None:
+        """The connector call, outside any transaction (on the executor's threads); None when
+        the claim's lease ran out before the call could start (queued behind calls that hang):
+        the grant is due again, and another pass may have claimed it."""
         grant = claim.grant
+        if grant.next_attempt_at is not None and self.clock.now() >= grant.next_attempt_at:
+            return None
         try:
             policy = claim.policy.policy
             access = access_of(policy, grant)
@@ -202,6 +222,15 @@ class _Pass:
             return _Outcome(claim, error=error)
 
     # --- recording ------------------------------------------------------------------------------
+
+    def record_straggler(self, future: Future[_Outcome | None]) -> None:
+        """A call the pass did not wait for has finished: record it now (on the executor's
+        thread). Its pass has returned, so a failure to record is logged; the lease brings
+        the grant back."""
+        before = len(self.unrecorded)
+        self.record(_results([future]))
+        for error in self.unrecorded[before:]:
+            log.warning("a slow connector call's outcome could not be recorded: %s", error)
 
     def record(self, outcomes: list[_Outcome]) -> None:
         """Record the outcomes in one transaction; if it fails, each on its own, so one that
@@ -298,3 +327,8 @@ class _Pass:
     def _retry_in(self, attempt: int) -> timedelta:
         o = self.options
         return retry_delay(attempt, base=o.retry_base, cap=o.retry_cap, jitter=o.jitter())
+
+
+def _results(futures: Iterable[Future[_Outcome | None]]) -> list[_Outcome]:
+    # A call cancelled by a shutting-down worker comes back when its lease runs out.
+    return [o for f in futures if not f.cancelled() and (o := f.result()) is not None]
