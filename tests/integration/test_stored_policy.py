@@ -4,7 +4,6 @@ streamed, in order; a corrupt row fails naming its version; the document is read
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,17 +143,22 @@ def test_threads_asking_at_once_build_a_version_once(
     store(app, large_document(200))
     builds: list[int] = []
     build = SqlPolicies._build
+    building, go = threading.Event(), threading.Event()
 
-    def slow_build(self: SqlPolicies, version: int) -> PolicyVersion:
+    def held_build(self: SqlPolicies, version: int) -> PolicyVersion:
         builds.append(version)
-        time.sleep(0.2)
+        building.set()
+        assert go.wait(10), "never let go"
         return build(self, version)
 
-    monkeypatch.setattr(SqlPolicies, "_build", slow_build)
+    monkeypatch.setattr(SqlPolicies, "_build", held_build)
     found: list[PolicyVersion] = []
     threads = [threading.Thread(target=lambda: found.append(current(app))) for _ in range(3)]
-    for thread in threads:
+    threads[0].start()
+    assert building.wait(10)  # the first is inside the build; the others ask meanwhile
+    for thread in threads[1:]:
         thread.start()
+    go.set()
     for thread in threads:
         thread.join()
     assert len(builds) == 1

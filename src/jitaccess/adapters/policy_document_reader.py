@@ -138,13 +138,13 @@ class DocumentReader:
             # The common row: principals and roles only, lists seen before (looked up by value:
             # a list holding anything unhashable raises TypeError, then the full check runs).
             principals, names = row.get("principals"), row.get("roles")
-            try:
-                if type(principals) is list and type(names) is list and names:
+            if type(principals) is list and type(names) is list and names:
+                try:
                     return Eligibility(
                         self._ref_lists[tuple(principals)], self._name_lists[tuple(names)]
                     )
-            except (KeyError, TypeError):
-                pass
+                except (KeyError, TypeError):
+                    return self._checked_row(row, index)  # lists not seen before
         return self._checked_row(row, index)
 
     def _checked_row(self, row: Any, index: int) -> Eligibility:

@@ -85,12 +85,12 @@ def _finding(worker: subprocess.Popen[bytes] | None) -> Segment | None:
     with worker.stdout:
         output = worker.stdout.read()
     worker.wait()
-    try:
-        if worker.returncode == 0:
+    if worker.returncode == 0:
+        try:
             return segment_from_json(json.loads(output))
-    except (ValueError, TypeError):
-        pass
-    # Its range is verified in this process instead: only slower.
+        except (ValueError, TypeError) as error:
+            log.warning("an audit verification worker answered unreadably: %s", error)
+            return None  # its range is verified in this process instead: only slower
     log.warning("an audit verification worker failed (exit %s)", worker.returncode)
     return None
 
