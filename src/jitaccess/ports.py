@@ -7,7 +7,7 @@ in-memory fakes implement them for unit tests.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -197,6 +197,11 @@ class GrantRepository(Protocol):
     def add(self, grant: Grant) -> None: ...
 
     def get(self, grant_id: str, *, for_update: bool = False) -> Grant | None: ...
+
+    def lock_many(self, grant_ids: Iterable[str]) -> dict[str, Grant]:
+        """The grants of `grant_ids` that exist, by id, locked (in id order, so two callers
+        locking overlapping sets never deadlock)."""
+        ...
 
     def save(self, grant: Grant) -> None: ...
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 import copy
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -112,6 +112,10 @@ class _Grants:
     def get(self, grant_id: str, *, for_update: bool = False) -> Grant | None:
         found = self.store.grants.get(grant_id)
         return copy.deepcopy(found) if found else None
+
+    def lock_many(self, grant_ids: Iterable[str]) -> dict[str, Grant]:
+        found = {i: self.store.grants[i] for i in sorted(set(grant_ids)) if i in self.store.grants}
+        return copy.deepcopy(found)
 
     def save(self, grant: Grant) -> None:
         self.store.grants[grant.id] = copy.deepcopy(grant)

@@ -281,10 +281,13 @@ class _Pass:
         late: list[tuple[_Claim, Grant]] = []
         with self.uow_factory() as uow:
             now = self.clock.now()
-            # Always in id order: two workers recording overlapping rows never deadlock.
-            for outcome in sorted(outcomes, key=lambda o: o.claim.grant.id):
+            ordered = sorted(outcomes, key=lambda o: o.claim.grant.id)
+            # One statement re-reads and locks them all (in id order: two workers recording
+            # overlapping rows never deadlock).
+            locked = uow.grants.lock_many(o.claim.grant.id for o in ordered)
+            for outcome in ordered:
                 claim = outcome.claim
-                grant = uow.grants.get(claim.grant.id, for_update=True)
+                grant = locked.get(claim.grant.id)
                 if grant is None:
                     continue
                 if outcome.error is not None:

@@ -8,6 +8,7 @@ cost more than the rest of the write."""
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy import (
 )
 
 from jitaccess.adapters.db.tables import grants, requests
+from jitaccess.adapters.db.write_buffer import WriteBuffer
 from jitaccess.domain.model import (
     HOLDING_GRANT_STATES,
     LIVE_GRANT_STATES,
@@ -124,10 +126,17 @@ _UPDATE_REQUEST = update(requests).where(requests.c.id == bindparam("b_id"))
 
 
 class SqlRequests:
-    def __init__(self, conn: Connection) -> None:
+    """Adds and saves are held in the unit of work's write buffer, when it has one (see
+    write_buffer.py), and sent with its next statement or its commit."""
+
+    def __init__(self, conn: Connection, writes: WriteBuffer | None = None) -> None:
         self.conn = conn
+        self.writes = writes
 
     def add(self, request: Request) -> None:
+        if self.writes is not None:
+            self.writes.insert(requests, _request_row(request))
+            return
         self.conn.execute(_INSERT_REQUEST, _request_row(request))
 
     def get(self, request_id: str, *, for_update: bool = False) -> Request | None:
@@ -137,6 +146,9 @@ class SqlRequests:
 
     def save(self, request: Request) -> None:
         values = _request_row(request)
+        if self.writes is not None:
+            self.writes.update(requests, values.pop("id"), values)
+            return
         values["b_id"] = values.pop("id")
         self.conn.execute(_UPDATE_REQUEST, values)
 
@@ -219,6 +231,11 @@ _SELECT_GRANTS = select(*_GRANT_COLUMNS)
 _INSERT_GRANT = grants.insert()
 _GET_GRANT = _SELECT_GRANTS.where(grants.c.id == bindparam("b_id"))
 _GET_GRANT_FOR_UPDATE = _GET_GRANT.with_for_update()
+_LOCK_GRANTS = (
+    _SELECT_GRANTS.where(grants.c.id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(grants.c.id)
+    .with_for_update()
+)
 _UPDATE_GRANT = update(grants).where(grants.c.id == bindparam("b_id"))
 _HOLDING_GRANTS = _SELECT_GRANTS.where(
     grants.c.access_key == bindparam("b_key"), grants.c.id != bindparam("b_id"), _HOLDING
@@ -255,13 +272,20 @@ _CREDENTIALS_FETCHED = select(grants.c.credentials_fetched_at).where(
 
 
 class SqlGrants:
-    def __init__(self, conn: Connection) -> None:
+    """Adds, saves and credentials set are held in the unit of work's write buffer, when it has
+    one (see write_buffer.py), and sent with its next statement or its commit."""
+
+    def __init__(self, conn: Connection, writes: WriteBuffer | None = None) -> None:
         self.conn = conn
+        self.writes = writes
 
     def _select(self) -> Any:
         return _SELECT_GRANTS
 
     def add(self, grant: Grant) -> None:
+        if self.writes is not None:
+            self.writes.insert(grants, _grant_row(grant))
+            return
         self.conn.execute(_INSERT_GRANT, _grant_row(grant))
 
     def get(self, grant_id: str, *, for_update: bool = False) -> Grant | None:
@@ -269,8 +293,18 @@ class SqlGrants:
         row = self.conn.execute(query, {"b_id": grant_id}).first()
         return _grant_from(row) if row else None
 
+    def lock_many(self, grant_ids: Iterable[str]) -> dict[str, Grant]:
+        ids = sorted(set(grant_ids))
+        if not ids:
+            return {}
+        rows = self.conn.execute(_LOCK_GRANTS, {"b_ids": ids})
+        return {g.id: g for g in map(_grant_from, rows)}
+
     def save(self, grant: Grant) -> None:
         values = _grant_row(grant)
+        if self.writes is not None:
+            self.writes.update(grants, values.pop("id"), values)
+            return
         values["b_id"] = values.pop("id")
         self.conn.execute(_UPDATE_GRANT, values)
 
@@ -318,9 +352,16 @@ class SqlGrants:
         return min(dues, default=None)
 
     def drop_credentials(self, grant_id: str) -> None:
+        if self.writes is not None and self.writes.holds_update(grants, grant_id):
+            # Goes with the row's save (which writes it anyway).
+            self.writes.update(grants, grant_id, {"credentials": None})
+            return
         self.conn.execute(_DROP_CREDENTIALS, {"b_id": grant_id})
 
     def set_credentials(self, grant_id: str, sealed: bytes) -> None:
+        if self.writes is not None:
+            self.writes.update(grants, grant_id, {"credentials": sealed})
+            return
         self.conn.execute(_SET_CREDENTIALS, {"credentials": sealed, "b_id": grant_id})
 
     def take_credentials(self, grant_id: str, at: datetime) -> bytes | None:

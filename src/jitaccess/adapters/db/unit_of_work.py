@@ -27,9 +27,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine.default import DefaultExecutionContext
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 
-from jitaccess.adapters.db.audit_repository import SqlAudit
+from jitaccess.adapters.db.audit_repository import NOTIFY, SqlAudit
 from jitaccess.adapters.db.policy_repository import SqlPolicies
 from jitaccess.adapters.db.repositories import SqlGrants, SqlRequests
 from jitaccess.adapters.db.token_repository import SqlTokens
@@ -40,6 +40,7 @@ from jitaccess.adapters.db.workflow_repositories import (
     SqlOps,
     SqlReviews,
 )
+from jitaccess.adapters.db.write_buffer import INFO_KEY, WriteBuffer, install
 from jitaccess.domain.errors import AuditWriteFailed, Unavailable
 
 NOTIFY_CHANNEL = "jitaccess_due"
@@ -124,6 +125,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         # once (503 / a worker retry) and SQLAlchemy then invalidates the whole pool.
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
     event.listen(engine, "before_cursor_execute", _guard_reader)
+    install(engine)
     return engine
 
 
@@ -206,14 +208,18 @@ class SqlUnitOfWork:
             # The driver's message can name host and user: keep it for the log, not the caller.
             log.warning("database unreachable: %s", error.orig)
             raise Unavailable("the database cannot be reached") from None
-        self.requests = SqlRequests(self.conn)
-        self.grants = SqlGrants(self.conn)
+        # A writer holds its hot inserts and updates until its next statement or its commit.
+        self.writes = None if self.readonly else WriteBuffer(self.conn)
+        if self.writes is not None:
+            self.conn.info[INFO_KEY] = self.writes
+        self.requests = SqlRequests(self.conn, self.writes)
+        self.grants = SqlGrants(self.conn, self.writes)
         self.audit = SqlAudit(self.conn)
         self.policies = SqlPolicies(self.conn)
         self.tokens = SqlTokens(self.conn)
         self.mfa = SqlMfa(self.conn)
         self.reviews = SqlReviews(self.conn)
-        self.notifications = SqlNotifications(self.conn)
+        self.notifications = SqlNotifications(self.conn, self.writes)
         self.drift = SqlDrift(self.conn)
         self.ops = SqlOps(self.conn)
         return self
@@ -230,6 +236,10 @@ class SqlUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         try:
+            if self.writes is not None:
+                self.writes.clear()
+                if not self.conn.invalidated:
+                    self.conn.info.pop(INFO_KEY, None)
             if self.conn.in_transaction():
                 self.conn.rollback()
         finally:
@@ -239,19 +249,16 @@ class SqlUnitOfWork:
         if self.readonly:
             self._record_audit_entries()
             return
+        # NOTIFY is transactional: workers hear it only if this commit succeeds. It goes with
+        # the last statement the audit flush sends, or on its own.
+        notify = (NOTIFY_CHANNEL, notify_payload(self._wake_due)) if self._wake else None
         try:
-            self.audit.flush()
-        except DBAPIError as error:
+            notified = self.audit.flush(self.writes, notify)
+        except AuditWriteFailed:
             self.conn.rollback()
-            raise AuditWriteFailed(
-                "the audit record could not be written, so the change was not made"
-            ) from error
-        if self._wake and self.is_postgres:
-            # NOTIFY is transactional: workers hear it only if this commit succeeds.
-            self.conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": NOTIFY_CHANNEL, "payload": notify_payload(self._wake_due)},
-            )
+            raise
+        if notify is not None and not notified and self.is_postgres:
+            self.conn.execute(NOTIFY, {"channel": notify[0], "payload": notify[1]})
         self.conn.commit()
         if self._wake and self.on_wake is not None:
             self.on_wake(self._wake_due)
@@ -273,6 +280,8 @@ class SqlUnitOfWork:
 
     def rollback(self) -> None:
         self.audit.pending.clear()
+        if self.writes is not None:
+            self.writes.clear()
         self._wake, self._wake_due = False, None
         self.conn.rollback()
 

@@ -21,6 +21,7 @@ from jitaccess.adapters.db.tables import (
     reviews,
     target_health,
 )
+from jitaccess.adapters.db.write_buffer import WriteBuffer
 from jitaccess.domain.mfa import MfaEnrollment
 from jitaccess.domain.model import Review, ReviewState
 from jitaccess.ports import DriftFinding, Notification, TargetHealth
@@ -94,14 +95,23 @@ class SqlReviews:
         return [_review_from(r) for r in self.conn.execute(query)]
 
 
+_INSERT_NOTIFICATION = notifications.insert()
+
+
 class SqlNotifications:
-    def __init__(self, conn: Connection) -> None:
+    """Adds are held in the unit of work's write buffer, when it has one (write_buffer.py)."""
+
+    def __init__(self, conn: Connection, writes: WriteBuffer | None = None) -> None:
         self.conn = conn
+        self.writes = writes
 
     def add(self, notification: Notification) -> None:
         values = dict(notification.__dict__)
         values["data"] = dict(notification.data)
-        self.conn.execute(notifications.insert(), values)
+        if self.writes is not None:
+            self.writes.insert(notifications, values)
+            return
+        self.conn.execute(_INSERT_NOTIFICATION, values)
 
     def list(
         self, *, recipient: str, since: datetime | None = None, limit: int = 100
