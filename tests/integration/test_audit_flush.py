@@ -1,5 +1,6 @@
 """Appending to the audit chain at commit: concurrent writers form one chain, the very first ones
-too (when the head row does not exist yet); on PostgreSQL the append is two statements."""
+too (when the head row does not exist yet); on PostgreSQL the records are sealed by the server
+and committed in one round trip."""
 
 from __future__ import annotations
 
@@ -88,12 +89,50 @@ def test_records_are_stored_as_before(app: Container) -> None:
     assert str(at).startswith("2026-01-05 09:00:00.000001")
 
 
-def test_the_append_is_two_statements_on_postgresql(app: Container, kind: str) -> None:
+def test_how_the_append_reaches_the_database(app: Container, kind: str) -> None:
+    """SQLite: BEGIN IMMEDIATE already serialises writers: read the head, insert, write the
+    head. PostgreSQL: the head's lock is never held while the server waits for this process:
+    the records are sealed by the server and COMMIT goes in the same round trip (one Sync, in
+    libpq's trace)."""
+    if kind == "sqlite":
+        assert _sqlite_statements(app) == ["SELECT", "INSERT", "INSERT"]
+        return
+    trace = app.settings.data_dir / "libpq.trace"
+    with app.uow() as uow:
+        uow.policies.current()  # the transaction has begun, as usual
+        for n in range(3):
+            uow.audit.append(entry(n))
+        raw = uow.conn.connection.dbapi_connection
+        with trace.open("w") as out:
+            raw.pgconn.trace(out.fileno())
+            try:
+                uow.commit()
+            finally:
+                raw.pgconn.untrace()
+    # One message a line (time, direction, length, type, content); a query's own line breaks
+    # continue it on lines without tabs.
+    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    messages = [
+        (m[3], m[4].strip() if len(m) > 4 else "") for m in sent if len(m) > 3 and m[1] == "F"
+    ]
+    kinds = [kind for kind, _ in messages]
+    # Everything is sent, then one Sync (and a Flush) ends the round trip.
+    assert kinds.count("Sync") == 1, " ".join(kinds)
+    assert kinds[kinds.index("Sync") :] in (["Sync"], ["Sync", "Flush"]), " ".join(kinds)
+    parsed = [text.split('"')[3].split()[0] for kind, text in messages if kind == "Parse"]
+    # Make the head if it is missing (else nothing), seal and insert the records, COMMIT.
+    assert parsed == ["INSERT", "WITH", "COMMIT"]
+    with app.uow.readonly() as uow:
+        result = verify_audit(uow)
+    assert result.ok and result.records >= 3
+
+
+def _sqlite_statements(app: Container) -> list[str]:
     statements: list[str] = []
 
     def record(*args: Any) -> None:
         verb = str(args[2]).split()[0].upper()
-        if verb != "BEGIN":  # SQLite's BEGIN IMMEDIATE, sent when the transaction starts
+        if verb != "BEGIN":  # BEGIN IMMEDIATE, sent when the transaction starts
             statements.append(verb)
 
     with app.uow() as uow:
@@ -105,8 +144,4 @@ def test_the_append_is_two_statements_on_postgresql(app: Container, kind: str) -
         finally:
             event.remove(app.engine, "before_cursor_execute", record)
         uow.commit()
-    # Lock and read the head; insert the records and move the head (SQLite: BEGIN IMMEDIATE
-    # already serialises writers: read the head, insert, write the head).
-    assert statements == (
-        ["SELECT", "WITH"] if kind == "postgres" else ["SELECT", "INSERT", "INSERT"]
-    )
+    return statements

@@ -56,6 +56,21 @@ def canonical(seq: int, entry: AuditEntry) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
+# Where a record's number sits in its canonical JSON: keys are sorted, so "seq" is followed by
+# "subject", and it is the last such pair (quotes inside strings are escaped).
+_SEQ_AT = b',"seq":0,"subject":'
+
+
+def canonical_parts(entry: AuditEntry) -> tuple[bytes, bytes]:
+    """The canonical bytes of a *normalised* entry around its record number:
+    `canonical(seq, entry) == before + str(seq).encode() + after` for every seq. PostgreSQL
+    seals records with these under the audit head's lock (audit_repository.py), so the lock is
+    held for the server's work only."""
+    whole = canonical(0, entry)
+    at = whole.rindex(_SEQ_AT) + len(b',"seq":')
+    return whole[:at], whole[at + 1 :]
+
+
 def chain_hash(prev_hash: str, seq: int, entry: AuditEntry) -> str:
     digest = hashlib.sha256(prev_hash.encode("ascii"))
     digest.update(canonical(seq, entry))

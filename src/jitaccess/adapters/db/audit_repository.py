@@ -4,18 +4,27 @@ onto the head, under the head row's lock, when it commits; the verifier streams 
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Row, func, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from jitaccess.adapters.db.audit_reader import AuditRangeReader, stream_postgres, stream_sqlite
 from jitaccess.adapters.db.tables import audit_head, audit_log
-from jitaccess.adapters.db.write_buffer import WriteBuffer, insert_sql
-from jitaccess.audit.chain import GENESIS, record_fields, seal
+from jitaccess.adapters.db.write_buffer import WriteBuffer
+from jitaccess.audit.chain import (
+    GENESIS,
+    canonical_parts,
+    format_time,
+    normalised,
+    record_fields,
+    seal,
+)
 from jitaccess.domain.errors import AuditWriteFailed
 from jitaccess.ports import AuditEntry, AuditRecord, StoredRecord
 
@@ -45,11 +54,45 @@ _LOCK_HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
 _MAKE_HEAD = text(
     "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :genesis) ON CONFLICT (id) DO NOTHING"
 ).bindparams(genesis=GENESIS)
-# PostgreSQL: the records and the new head in one statement (a data-modifying CTE), with the
-# unit of work's NOTIFY when it has one (transactional: heard only if it commits).
-_APPEND_SQL = "WITH appended AS ({}) UPDATE audit_head SET seq = %(head_seq)s, hash = %(head_hash)s"
-_HEAD_ROW = " WHERE id = 1"
-_NOTIFY_WITH_HEAD = " FROM (SELECT pg_notify(%(channel)s, %(payload)s)) AS notified WHERE id = 1"
+# PostgreSQL: the records sealed by the server, under the head's lock, in one statement sent
+# with COMMIT (see `SqlAudit.append_and_commit`): lock the head, hash each record onto the one
+# before it (sha256 of the previous hash and the record's canonical JSON, whose parts around
+# the record number Python made: chain.canonical_parts), insert them, move the head, and send
+# the unit of work's NOTIFY when it has one. Without a head row the records get no number and
+# the insert fails (NOT NULL): nothing is ever committed unaudited.
+_COLUMNS = [c.name for c in audit_log.columns]
+_ENTRY_COLUMNS = (
+    "n int, at timestamp, actor varchar, action varchar, subject varchar, outcome varchar, "
+    "justification text, ticket varchar, comment text, data json, before text, after text"
+)
+_APPEND_AND_MOVE = f"""WITH RECURSIVE
+head AS (SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE),
+entry AS (SELECT * FROM json_to_recordset(CAST(%(records)s AS json)) AS e({_ENTRY_COLUMNS})),
+chain AS (
+    SELECT 0 AS n, seq, CAST(hash AS text) AS hash, CAST(NULL AS text) AS prev FROM head
+    UNION ALL
+    SELECT e.n, c.seq + 1,
+           encode(sha256(convert_to(c.hash || e.before || (c.seq + 1) || e.after, 'UTF8')), 'hex'),
+           c.hash
+    FROM chain c JOIN entry e ON e.n = c.n + 1
+),
+appended AS (
+    INSERT INTO audit_log ({", ".join(_COLUMNS)})
+    SELECT c.seq, e.at, e.actor, e.action, e.subject, e.outcome, e.justification, e.ticket,
+           e.comment, e.data, c.prev, c.hash
+    FROM entry e LEFT JOIN chain c ON c.n = e.n
+)
+UPDATE audit_head SET seq = last.seq, hash = last.hash
+FROM (SELECT seq, hash FROM chain ORDER BY n DESC LIMIT 1) AS last"""
+_APPEND_SQL = {
+    False: _APPEND_AND_MOVE + " WHERE audit_head.id = 1",
+    True: _APPEND_AND_MOVE
+    + ", (SELECT pg_notify(%(channel)s, %(payload)s)) AS notified WHERE audit_head.id = 1",
+}
+_MAKE_HEAD_SQL = (
+    "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '" + GENESIS + "') "
+    "ON CONFLICT (id) DO NOTHING"
+)
 NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 _NOTIFY_SQL = "SELECT pg_notify(%(channel)s, %(payload)s)"
 # SQLite: BEGIN IMMEDIATE already serialises writers; the head is written with an upsert.
@@ -65,7 +108,7 @@ Notify = tuple[str, str]  # a NOTIFY's channel and payload
 def _audit_write() -> Iterator[None]:
     try:
         yield
-    except DBAPIError as error:
+    except (DBAPIError, psycopg.Error) as error:
         raise AuditWriteFailed(
             "the audit record could not be written, so the change was not made"
         ) from error
@@ -81,33 +124,64 @@ class SqlAudit:
         self.pending.append(entry)
 
     def flush(self, writes: WriteBuffer | None = None, notify: Notify | None = None) -> bool:
-        """Send the unit of work's held `writes`, then chain the buffered entries onto the head,
-        under the head row's lock. On PostgreSQL two statements: the writes with the head's
-        lock and read; the records inserted with the head moved. `notify` (channel, payload;
-        PostgreSQL) rides along with the last statement: True when it was sent. A failure of
-        the writes is raised as it came; a failure to write the records as `AuditWriteFailed`."""
+        """Send the unit of work's held `writes`, then (SQLite) chain the buffered entries onto
+        the head. `notify` (channel, payload; PostgreSQL) rides along with the writes: True
+        when it was sent. On PostgreSQL, a unit of work with entries commits through
+        `append_and_commit` instead. A failure of the writes is raised as it came; a failure
+        to write the records as `AuditWriteFailed`."""
         notify = notify if self.is_postgres else None
-        if not self.pending:
+        if not self.pending or self.is_postgres:
             return self._send_writes(writes, notify)
-        if writes and self.is_postgres:
-            assert writes is not None
-            sql, params = writes.postgres_statement(_LOCK_HEAD_SQL)
-            head = self.conn.exec_driver_sql(sql, params).first()
-            with _audit_write():
-                self._append_postgres(None if head is None else (head.seq, head.hash), notify)
-        else:
-            if writes is not None:
-                writes.flush()
-            with _audit_write():
-                if self.is_postgres:
-                    locked = self.conn.execute(_LOCK_HEAD_FOR_UPDATE).first()
-                    self._append_postgres(
-                        None if locked is None else (locked.seq, locked.hash), notify
-                    )
-                else:
-                    self._flush_sqlite()
+        if writes is not None:
+            writes.flush()
+        with _audit_write():
+            self._flush_sqlite()
         self.pending.clear()
-        return notify is not None
+        return False
+
+    def append_and_commit(self, notify: Notify | None) -> None:
+        """PostgreSQL: seal and insert the pending entries and COMMIT, in one round trip (a
+        pipeline): the head's lock is held while the server works, never across a wait for
+        this process. Everything else of the transaction must have been sent."""
+        records = []
+        for n, entry in enumerate(self.pending, start=1):
+            kept = normalised(entry)
+            before, after = canonical_parts(kept)
+            records.append(
+                {
+                    "n": n,
+                    "at": format_time(kept.at).rstrip("Z"),
+                    "actor": kept.actor,
+                    "action": kept.action,
+                    "subject": kept.subject,
+                    "outcome": kept.outcome,
+                    "justification": kept.justification,
+                    "ticket": kept.ticket,
+                    "comment": kept.comment,
+                    "data": kept.data,
+                    "before": before.decode("ascii"),
+                    "after": after.decode("ascii"),
+                }
+            )
+        params: dict[str, Any] = {"records": json.dumps(records)}
+        if notify is not None:
+            params["channel"], params["payload"] = notify
+        raw = self.conn.connection.dbapi_connection
+        assert isinstance(raw, psycopg.Connection)
+        with _audit_write():
+            try:
+                with raw.pipeline():
+                    raw.execute(_MAKE_HEAD_SQL)  # the first append ever; else it does nothing
+                    raw.execute(_APPEND_SQL[notify is not None], params)
+                    # As a statement: Connection.commit() would sync once more on its own.
+                    raw.execute(b"COMMIT")
+            except psycopg.Error:
+                if raw.broken:
+                    # Sent outside SQLAlchemy, which would otherwise hand the dead connection
+                    # out again.
+                    self.conn.invalidate()
+                raise
+        self.pending.clear()
 
     def _send_writes(self, writes: WriteBuffer | None, notify: Notify | None) -> bool:
         if not writes:
@@ -119,30 +193,6 @@ class SqlAudit:
         sql, params = writes.postgres_statement(_NOTIFY_SQL)
         self.conn.exec_driver_sql(sql, {**params, "channel": notify[0], "payload": notify[1]})
         return True
-
-    def _append_postgres(self, head: tuple[int, str] | None, notify: Notify | None) -> None:
-        """Insert the records after `head` (seq, hash; None before the first append ever)."""
-        if head is None:
-            self.conn.execute(_MAKE_HEAD)
-            made = self.conn.execute(_LOCK_HEAD_FOR_UPDATE).one()
-            head = (made.seq, made.hash)
-        seq, prev_hash = head
-        rows = []
-        for entry in self.pending:
-            record = seal(seq, prev_hash, entry)
-            rows.append(
-                record_fields(record.seq, record.entry)
-                | {"prev_hash": record.prev_hash, "hash": record.hash}
-            )
-            seq, prev_hash = record.seq, record.hash
-        params: dict[str, Any] = {"head_seq": seq, "head_hash": prev_hash}
-        sql = _APPEND_SQL.format(insert_sql(audit_log, rows, params, "a"))
-        if notify is None:
-            sql += _HEAD_ROW
-        else:
-            sql += _NOTIFY_WITH_HEAD
-            params["channel"], params["payload"] = notify
-        self.conn.exec_driver_sql(sql, params)
 
     def _flush_sqlite(self) -> None:
         head = self.conn.execute(_LOCK_HEAD).first()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import URL, Connection, Engine, TextClause, select, text
+from sqlalchemy import URL, Connection, Engine, TextClause, bindparam, select, text
 
 from jitaccess.adapters.db.tables import policy_versions
 from jitaccess.adapters.policy_document import DocumentReader
@@ -35,6 +35,17 @@ _policy_cache_lock = threading.Lock()
 # One build at a time: the API and the worker asking for a new version at once must not both
 # build it (twice the memory, twice the time).
 _policy_build_lock = threading.Lock()
+
+
+# Built once: every unit of work that decides anything asks for the current version.
+_CURRENT = (
+    select(policy_versions.c.version, policy_versions.c.digest)
+    .order_by(policy_versions.c.version.desc())
+    .limit(1)
+)
+_VERSION = select(policy_versions.c.version, policy_versions.c.digest).where(
+    policy_versions.c.version == bindparam("b_version")
+)
 
 
 class SqlPolicies:
@@ -106,19 +117,11 @@ class SqlPolicies:
         return _decoded(rows, queries.first_index)
 
     def current(self) -> PolicyVersion | None:
-        row = self.conn.execute(
-            select(policy_versions.c.version, policy_versions.c.digest)
-            .order_by(policy_versions.c.version.desc())
-            .limit(1)
-        ).first()
+        row = self.conn.execute(_CURRENT).first()
         return self._load(row.version, row.digest) if row else None
 
     def get(self, version: int) -> PolicyVersion | None:
-        row = self.conn.execute(
-            select(policy_versions.c.version, policy_versions.c.digest).where(
-                policy_versions.c.version == version
-            )
-        ).first()
+        row = self.conn.execute(_VERSION, {"b_version": version}).first()
         return self._load(row.version, row.digest) if row else None
 
     def add(self, version: PolicyVersion) -> None:

@@ -253,12 +253,20 @@ class SqlUnitOfWork:
         # the last statement the audit flush sends, or on its own.
         notify = (NOTIFY_CHANNEL, notify_payload(self._wake_due)) if self._wake else None
         try:
-            notified = self.audit.flush(self.writes, notify)
+            if self.is_postgres and self.audit.pending:
+                # The held writes, then the audit records with COMMIT in one round trip.
+                if self.writes is not None:
+                    self.writes.flush()
+                self.audit.append_and_commit(notify)
+            else:
+                notified = self.audit.flush(self.writes, notify)
+                if notify is not None and not notified and self.is_postgres:
+                    self.conn.execute(NOTIFY, {"channel": notify[0], "payload": notify[1]})
         except AuditWriteFailed:
             self.conn.rollback()
             raise
-        if notify is not None and not notified and self.is_postgres:
-            self.conn.execute(NOTIFY, {"channel": notify[0], "payload": notify[1]})
+        # (After append_and_commit, PostgreSQL has committed: this ends SQLAlchemy's
+        # transaction without a round trip.)
         self.conn.commit()
         if self._wake and self.on_wake is not None:
             self.on_wake(self._wake_due)

@@ -3,11 +3,12 @@ notifications) and rows they update by primary key (a request or grant saved, cr
 are kept here and sent together — before the next statement on the connection, whatever it is,
 so every read sees them, and at the latest by `commit`.
 
-On PostgreSQL everything held goes in one statement (a data-modifying CTE per table, its rows
-in a VALUES list), which `commit` also makes take the audit head's lock: a
-request's three inserts and the lock cost one round trip instead of four, and a worker's batch
-of claims one instead of one per grant. On SQLite (in-process, no round trips) they are sent as
-one executemany per table.
+On PostgreSQL everything held goes in one statement: a data-modifying CTE per table, its rows
+passed as one JSON parameter read by `json_populate_recordset` (psycopg caches a statement's
+conversion and plan only below 50 parameters and 4 kB; a request's row alone has 24 columns).
+`commit` makes the same statement take the audit head's lock: a request's three inserts and
+the lock cost one round trip instead of four, and a worker's batch of claims one instead of one
+per grant. On SQLite (in-process, no round trips) they are sent as one executemany per table.
 
 A row inserted and then saved in the same unit of work is sent once, as an insert of its last
 state (all parts of one PostgreSQL statement see the same snapshot, so an update could not see
@@ -20,11 +21,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, Connection, Engine, Table, bindparam, event, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.types import JSON, TypeDecorator
+from sqlalchemy.types import LargeBinary, TypeDecorator
 
 INFO_KEY = "jit_write_buffer"
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -32,63 +34,49 @@ _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 Row = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class _ColumnWriter:
-    """How one column's values are sent to PostgreSQL: converted as SQLAlchemy would
-    bind them, then cast to the column's type."""
-
-    name: str
-    sql_type: str
-    convert: Callable[[Any], Any] | None
-
-
-def _writer(column: Column[Any]) -> _ColumnWriter:
+def _json_value(column: Column[Any]) -> Callable[[Any], Any] | None:
+    """How a value of `column` goes into the JSON document PostgreSQL reads the rows from
+    (each value is then parsed by its column type's input function); None: as it is."""
     kind = column.type
-    sql_type = kind.compile(dialect=_PG)
-    convert: Callable[[Any], Any] | None = None
     if isinstance(kind, TypeDecorator):
         decorator = kind
 
-        def convert(value: Any) -> Any:
-            return decorator.process_bind_param(value, _PG)
+        def bound(value: Any) -> Any:
+            plain = decorator.process_bind_param(value, _PG)
+            return plain.isoformat() if isinstance(plain, datetime) else plain
 
-    elif isinstance(kind, JSON):
-        # As SQLAlchemy's JSON type writes it (Python None as JSON null).
-        convert = json.dumps
-    return _ColumnWriter(column.name, sql_type, convert)
+        return bound
+    if isinstance(kind, LargeBinary):
+        return lambda value: None if value is None else "\\x" + value.hex()
+    # JSON columns nest as they are; strings, numbers and booleans need nothing.
+    return None
 
 
 @dataclass(frozen=True)
 class _TableWriter:
     table: Table
     key: str
-    columns: dict[str, _ColumnWriter]
+    convert: dict[str, Callable[[Any], Any]]
     update_by_key: Any  # the SQLite executemany statement
 
     @classmethod
     def of(cls, table: Table) -> _TableWriter:
         (key,) = [c.name for c in table.primary_key.columns]
-        return cls(
-            table,
-            key,
-            {c.name: _writer(c) for c in table.columns},
-            update(table).where(table.c[key] == bindparam("b_key")),
-        )
+        convert = {c.name: f for c in table.columns if (f := _json_value(c)) is not None}
+        return cls(table, key, convert, update(table).where(table.c[key] == bindparam("b_key")))
 
-    def values(self, names: tuple[str, ...], rows: list[Row], params: Row, prefix: str) -> str:
-        """`(CAST(%(p)s AS type), ...), ...`: a VALUES list of `rows`' `names`, each value
-        added to `params` (scalars: psycopg dumps them in C, where arrays cost Python)."""
-        writers = [self.columns[name] for name in names]
-        tuples = []
-        for r, row in enumerate(rows):
-            casts = []
-            for c, writer in enumerate(writers):
-                value = row[writer.name]
-                param = f"{prefix}_{r}_{c}"
-                params[param] = value if writer.convert is None else writer.convert(value)
-                casts.append(f"CAST(%({param})s AS {writer.sql_type})")
-            tuples.append(f"({', '.join(casts)})")
-        return ", ".join(tuples)
+    def rows_param(self, rows: list[Row]) -> str:
+        """`rows` as one JSON array, for `json_populate_recordset`: one parameter however many
+        rows and columns (psycopg caches a statement's conversion and plan only below 50
+        parameters and 4 kB; a row of a request alone has 24 columns)."""
+        if self.convert:
+            rows = [
+                {k: (f(v) if (f := self.convert.get(k)) else v) for k, v in r.items()} for r in rows
+            ]
+        return json.dumps(rows)
+
+    def records(self, param: str) -> str:
+        return f"json_populate_recordset(NULL::{self.table.name}, CAST(%({param})s AS json))"
 
 
 _WRITERS: dict[Table, _TableWriter] = {}
@@ -105,13 +93,26 @@ def _quoted(name: str) -> str:
     return f'"{name}"'
 
 
-def insert_sql(table: Table, rows: list[Row], params: Row, prefix: str) -> str:
-    """`INSERT INTO table (...) VALUES (...), ...` of `rows` (all with the same columns, as the
-    repositories write them), their values added to `params` under names starting `prefix`."""
-    names = tuple(rows[0])
-    columns = ", ".join(_quoted(c) for c in names)
-    values = _table_writer(table).values(names, rows, params, prefix)
-    return f"INSERT INTO {table.name} ({columns}) VALUES {values}"
+def insert_sql(table: Table, rows: list[Row], params: Row, param: str) -> str:
+    """`INSERT INTO table (...) SELECT ...` of `rows` (all with the same columns, as the
+    repositories write them), passed as one JSON parameter named `param`."""
+    writer = _table_writer(table)
+    params[param] = writer.rows_param(rows)
+    columns = ", ".join(_quoted(c) for c in rows[0])
+    return f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {writer.records(param)}"
+
+
+def update_sql(table: Table, rows: list[Row], params: Row, param: str) -> str:
+    """`UPDATE table SET ... FROM ...`: each of `rows` (the key first, then the same columns in
+    every row) written to the row with its key."""
+    writer = _table_writer(table)
+    params[param] = writer.rows_param(rows)
+    key = _quoted(writer.key)
+    sets = ", ".join(f"{_quoted(c)} = v.{_quoted(c)}" for c in rows[0] if c != writer.key)
+    return (
+        f"UPDATE {table.name} SET {sets} FROM {writer.records(param)} AS v "
+        f"WHERE {table.name}.{key} = v.{key}"
+    )
 
 
 class WriteBuffer:
@@ -165,19 +166,9 @@ class WriteBuffer:
         params: Row = {}
         parts = []
         for n, (table, rows) in enumerate(self._groups("insert")):
-            writer = _table_writer(table)
-            names = tuple(rows[0])
             parts.append(f"i{n} AS ({insert_sql(table, rows, params, f'i{n}')})")
         for n, (table, rows) in enumerate(self._groups("update")):
-            writer = _table_writer(table)
-            names = tuple(rows[0])  # the key first (see _groups)
-            values = writer.values(names, rows, params, f"u{n}")
-            sets = ", ".join(f"{_quoted(c)} = v.{_quoted(c)}" for c in names[1:])
-            alias = ", ".join(_quoted(c) for c in names)
-            parts.append(
-                f"u{n} AS (UPDATE {table.name} SET {sets} FROM (VALUES {values}) AS v({alias}) "
-                f"WHERE {table.name}.{_quoted(writer.key)} = v.{_quoted(writer.key)})"
-            )
+            parts.append(f"u{n} AS ({update_sql(table, rows, params, f'u{n}')})")
         self.clear()
         return f"WITH {', '.join(parts)} {then}", params
 
