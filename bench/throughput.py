@@ -1,7 +1,9 @@
 """Throughput of request + auto-approval + provisioning: several client threads call
 `request_access` for a role whose approval is waived by an `auto_approve` rule, while the real
 threaded `Worker` provisions each grant through the fake connector. Grants provisioned per
-second, on SQLite and on PostgreSQL.
+second, on SQLite and on PostgreSQL — with the worker in the same process (as `jitaccess serve`
+runs it), and on PostgreSQL also in a process of its own (`jitaccess worker`, as a deployment of
+several replicas runs it: README, "Running in production").
 
 Baseline, measured in the same run against the same server (or SQLite on the same disk): the
 rows jitaccess ended up with (request, grant, audit records, notifications) inserted again by
@@ -12,8 +14,11 @@ one transaction per grant.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,10 +29,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]  # no stubs in the dev extras (types-psutil)
 import psycopg
 from psycopg.types.json import Json
 from sqlalchemy import Table, create_engine, func, select
 
+from bench.check_api import stop
 from bench.setup import (
     ForeignLoad,
     Stack,
@@ -38,6 +45,7 @@ from bench.setup import (
     summary,
 )
 from jitaccess.adapters.db.tables import audit_log, grants, metadata, notifications, requests
+from jitaccess.bootstrap import Container
 from jitaccess.domain.model import Request
 from jitaccess.entrypoints.worker import Worker
 from jitaccess.services.request_access import request_access
@@ -74,20 +82,31 @@ def policy(run: str, users: int) -> str:
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     plan = QUICK if quick else FULL
-    return [measure("sqlite", plan), measure("postgres", plan)]
+    return [
+        measure("sqlite", plan),
+        measure("postgres", plan),
+        measure("postgres", plan, worker_process=True),
+    ]
 
 
-def measure(store: str, plan: Plan) -> dict[str, Any]:
+def measure(store: str, plan: Plan, *, worker_process: bool = False) -> dict[str, Any]:
     run = run_id()
     label = f"fake connector, {store} store"
+    if worker_process:
+        label += ", worker in its own process"
     progress(f"{NAME} [{label}]: {plan.grants} requests from {plan.threads} threads (run {run})")
+    # One more user than requests: the warm-up request that shows a worker process is ready.
     with ExitStack() as stack:
-        bench = stack.enter_context(jitaccess_stack(store, policy(run, plan.grants)))
-        worker = Worker(bench.container)
-        worker.start()
-        stack.callback(worker.shutdown)
-        jit = _jitaccess(bench, run, plan, label)
-        worker.shutdown()
+        bench = stack.enter_context(jitaccess_stack(store, policy(run, plan.grants + 1)))
+        if worker_process:
+            worker_cpu = stack.enter_context(_worker_process(bench, f"{run}u{plan.grants:05d}"))
+            jit = _jitaccess(bench, run, plan, label, worker_cpu, already_active=1)
+        else:
+            worker = Worker(bench.container)
+            worker.start()
+            stack.callback(worker.shutdown)
+            jit = _jitaccess(bench, run, plan, label)
+            worker.shutdown()
         bundles = list(_bundles(bench))
         raw = _baseline(store, bundles, plan.threads, label)
     ratio = round(jit["grants_per_s"] / raw["grants_per_s"], 3) if raw["grants_per_s"] else 0.0
@@ -100,6 +119,7 @@ def measure(store: str, plan: Plan) -> dict[str, Any]:
         "jitaccess": jit,
         "raw_inserts": raw,
         "ratio": ratio,
+        "worker": "own process" if worker_process else "thread of the same process",
         "target": f">= {TARGET_PER_S:.0f} grants/s",
         "met": jit["provisioned"] == plan.grants and jit["grants_per_s"] >= TARGET_PER_S,
     }
@@ -115,7 +135,65 @@ def measure(store: str, plan: Plan) -> dict[str, Any]:
 # --- jitaccess ---------------------------------------------------------------------------------
 
 
-def _jitaccess(bench: Stack, run: str, plan: Plan, label: str) -> dict[str, Any]:
+@contextmanager
+def _worker_process(bench: Stack, warm_up_user: str) -> Iterator[Callable[[], float]]:
+    """`jitaccess worker` on the bench's database, ready (it has provisioned a warm-up grant);
+    yields a reading of the CPU seconds it has used."""
+    settings = bench.container.settings
+    env = {
+        **os.environ,
+        "JITACCESS_DATABASE_URL": settings.resolved_database_url,
+        "JITACCESS_DATA_DIR": str(settings.data_dir),
+        "JITACCESS_LOG_LEVEL": "warning",
+        # Its fake target starts empty: drift repair has nothing to find in it.
+        "JITACCESS_RECONCILE_INTERVAL_SECONDS": "0",
+    }
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jitaccess.entrypoints.cli", "worker"],
+            env=env,
+            stdout=output,
+            stderr=output,
+        )
+        try:
+            _request(bench.container, warm_up_user)
+            started = time.monotonic()
+            while _count_active(bench) < 1:
+                if process.poll() is not None or time.monotonic() - started > 60:
+                    output.seek(0)
+                    said = output.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"the worker process did not provision: {said}")
+                time.sleep(0.05)
+            measured = psutil.Process(process.pid)
+            yield lambda: float(sum(measured.cpu_times()[:2]))
+        finally:
+            stop(process)
+
+
+def _request(container: Container, who: str) -> None:
+    with container.uow() as uow:
+        made = request_access(
+            uow,
+            container.clock,
+            container.connectors,
+            requester=who,
+            roles=[ROLE],
+            duration=timedelta(hours=1),
+            justification="throughput benchmark",
+        )
+    assert isinstance(made, Request) and made.grant_ids, made
+
+
+def _jitaccess(
+    bench: Stack,
+    run: str,
+    plan: Plan,
+    label: str,
+    worker_cpu: Callable[[], float] = lambda: 0.0,
+    already_active: int = 0,
+) -> dict[str, Any]:
+    """Requests from the client threads until all are made; then waits until all are active.
+    CPU: this process (the clients, and the worker when it runs here) and `worker_cpu`."""
     container = bench.container
     todo: queue.SimpleQueue[str] = queue.SimpleQueue()
     for i in range(plan.grants):
@@ -129,22 +207,12 @@ def _jitaccess(bench: Stack, run: str, plan: Plan, label: str) -> dict[str, Any]
             except queue.Empty:
                 return
             try:
-                with container.uow() as uow:
-                    made = request_access(
-                        uow,
-                        container.clock,
-                        container.connectors,
-                        requester=who,
-                        roles=[ROLE],
-                        duration=timedelta(hours=1),
-                        justification="throughput benchmark",
-                    )
-                assert isinstance(made, Request) and made.grant_ids, made
+                _request(container, who)
             except Exception as error:  # counted and reported, never fatal
                 errors.append(f"{type(error).__name__}: {error}")
 
     started_wall, started = datetime.now(UTC), time.monotonic()
-    cpu_before, others = time.process_time(), ForeignLoad()
+    cpu_before, worker_before, others = time.process_time(), worker_cpu(), ForeignLoad()
     threads = [
         threading.Thread(target=client, name=f"bench-client-{i}") for i in range(plan.threads)
     ]
@@ -156,40 +224,35 @@ def _jitaccess(bench: Stack, run: str, plan: Plan, label: str) -> dict[str, Any]
     active = 0
     last_print = time.monotonic()
     while time.monotonic() - started < TIME_LIMIT:
-        active = _count_active(bench)
+        active = _count_active(bench) - already_active
         if active >= plan.grants - len(errors):
             break
         if time.monotonic() - last_print >= 5:
             progress(f"{NAME} [{label}]: {active}/{plan.grants} active")
             last_print = time.monotonic()
         time.sleep(0.05)
-    # This process is jitaccess here: the client threads and the worker (nothing else runs).
-    cpu = time.process_time() - cpu_before
+    # jitaccess: this process (the client threads, and the worker if it runs here; nothing else
+    # runs here) and the worker's own process.
+    cpu = time.process_time() - cpu_before + worker_cpu() - worker_before
     load, elapsed_all = others.cores(), time.monotonic() - started
     with container.engine.connect() as conn:
-        provisioned_at = [
-            row[0]
-            for row in conn.execute(
-                select(audit_log.c.at).where(audit_log.c.action == "grant.provisioned")
-            )
-        ]
-        created = {
-            row.id: row.created_at for row in conn.execute(select(grants.c.id, grants.c.created_at))
-        }
+        # Those of this measurement: a warm-up grant was provisioned before it started.
         provisioned_by_grant = {
             row.subject: row.at
             for row in conn.execute(
                 select(audit_log.c.subject, audit_log.c.at).where(
-                    audit_log.c.action == "grant.provisioned"
+                    audit_log.c.action == "grant.provisioned", audit_log.c.at >= started_wall
                 )
             )
         }
+        created = {
+            row.id: row.created_at for row in conn.execute(select(grants.c.id, grants.c.created_at))
+        }
+    provisioned_at = list(provisioned_by_grant.values())
     last = max(provisioned_at, default=started_wall)
     elapsed = (last - started_wall).total_seconds()
     latencies = [
-        (at - created[gid]).total_seconds() * 1000
-        for gid, at in provisioned_by_grant.items()
-        if gid in created
+        (at - created[gid]).total_seconds() * 1000 for gid, at in provisioned_by_grant.items()
     ]
     return {
         "provisioned": len(provisioned_at),

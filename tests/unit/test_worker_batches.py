@@ -373,3 +373,15 @@ def test_access_made_after_the_grant_ended_elsewhere_is_taken_away_or_reported(
     assert (len(leftover), len(alerts)) == ((1, 1) if removal_fails else (0, 0))
     assert actions_of(h, late).count("grant.provisioned") == 0
     assert verify(h.store.audit).ok
+
+
+def test_memory_lock_many_returns_the_existing_grants_in_id_order() -> None:
+    # The worker re-reads a batch with it (SQL: one SELECT ... FOR UPDATE, tested on storage).
+    h, _, _ = harness()
+    ids = sorted(asked(h, ["alice", "bob", "dan"]), reverse=True)
+    with h.uow() as uow:
+        locked = uow.grants.lock_many([*ids, "grt_missing", ids[0]])
+        assert list(locked) == sorted(ids)
+        assert locked[ids[1]] == h.grant(ids[1])
+        assert locked[ids[1]] is not h.store.grants[ids[1]]  # a copy, as get() gives
+        assert uow.grants.lock_many([]) == {}
