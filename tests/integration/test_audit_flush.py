@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import event, text
 
@@ -103,6 +104,7 @@ def test_how_the_append_reaches_the_database(app: Container, kind: str) -> None:
         for n in range(3):
             uow.audit.append(entry(n))
         raw = uow.conn.connection.dbapi_connection
+        assert isinstance(raw, psycopg.Connection)
         with trace.open("w") as out:
             raw.pgconn.trace(out.fileno())
             try:
