@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,17 +96,17 @@ def measure(store: str, plan: Plan, *, worker_process: bool = False) -> dict[str
         label += ", worker in its own process"
     progress(f"{NAME} [{label}]: {plan.grants} requests from {plan.threads} threads (run {run})")
     # One more user than requests: the warm-up request that shows a worker process is ready.
-    with ExitStack() as stack:
-        bench = stack.enter_context(jitaccess_stack(store, policy(run, plan.grants + 1)))
+    with jitaccess_stack(store, policy(run, plan.grants + 1)) as bench:
         if worker_process:
-            worker_cpu = stack.enter_context(_worker_process(bench, f"{run}u{plan.grants:05d}"))
-            jit = _jitaccess(bench, run, plan, label, worker_cpu, already_active=1)
+            with _worker_process(bench, f"{run}u{plan.grants:05d}") as worker_cpu:
+                jit = _jitaccess(bench, run, plan, label, worker_cpu, already_active=1)
         else:
             worker = Worker(bench.container)
             worker.start()
-            stack.callback(worker.shutdown)
-            jit = _jitaccess(bench, run, plan, label)
-            worker.shutdown()
+            try:
+                jit = _jitaccess(bench, run, plan, label)
+            finally:
+                worker.shutdown()
         bundles = list(_bundles(bench))
         raw = _baseline(store, bundles, plan.threads, label)
     ratio = round(jit["grants_per_s"] / raw["grants_per_s"], 3) if raw["grants_per_s"] else 0.0

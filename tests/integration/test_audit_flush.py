@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import event, text
 
@@ -19,6 +18,7 @@ from jitaccess.bootstrap import Container
 from jitaccess.ports import AuditEntry
 from jitaccess.services.verify_audit import verify_audit
 from support.databases import container_on
+from support.libpq_trace import traced
 
 pytestmark = pytest.mark.parametrize(
     "kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -90,7 +90,7 @@ def test_records_are_stored_as_before(app: Container) -> None:
     assert str(at).startswith("2026-01-05 09:00:00.000001")
 
 
-def test_how_the_append_reaches_the_database(app: Container, kind: str) -> None:
+def test_how_the_append_reaches_the_database(app: Container, kind: str, tmp_path: Path) -> None:
     """SQLite: BEGIN IMMEDIATE already serialises writers: read the head, insert, write the
     head. PostgreSQL: the head's lock is never held while the server waits for this process:
     the records are sealed by the server and COMMIT goes in the same round trip (one Sync, in
@@ -98,32 +98,17 @@ def test_how_the_append_reaches_the_database(app: Container, kind: str) -> None:
     if kind == "sqlite":
         assert _sqlite_statements(app) == ["SELECT", "INSERT", "INSERT"]
         return
-    trace = app.settings.data_dir / "libpq.trace"
     with app.uow() as uow:
         uow.policies.current()  # the transaction has begun, as usual
         for n in range(3):
             uow.audit.append(entry(n))
-        raw = uow.conn.connection.dbapi_connection
-        assert isinstance(raw, psycopg.Connection)
-        with trace.open("w") as out:
-            raw.pgconn.trace(out.fileno())
-            try:
-                uow.commit()
-            finally:
-                raw.pgconn.untrace()
-    # One message a line (time, direction, length, type, content); a query's own line breaks
-    # continue it on lines without tabs.
-    sent = [line.split("\t") for line in trace.read_text().splitlines()]
-    messages = [
-        (m[3], m[4].strip() if len(m) > 4 else "") for m in sent if len(m) > 3 and m[1] == "F"
-    ]
-    kinds = [kind for kind, _ in messages]
+        with traced(uow.conn.connection.dbapi_connection, tmp_path / "libpq.trace") as sent:
+            uow.commit()
     # Everything is sent, then one Sync (and a Flush) ends the round trip.
-    assert kinds.count("Sync") == 1, " ".join(kinds)
-    assert kinds[kinds.index("Sync") :] in (["Sync"], ["Sync", "Flush"]), " ".join(kinds)
-    parsed = [text.split('"')[3].split()[0] for kind, text in messages if kind == "Parse"]
+    assert sent.round_trips() == 1, sent.kinds
+    assert sent.kinds[sent.kinds.index("Sync") :] in (["Sync"], ["Sync", "Flush"]), sent.kinds
     # Make the head if it is missing (else nothing), seal and insert the records, COMMIT.
-    assert parsed == ["INSERT", "WITH", "COMMIT"]
+    assert sent.parsed() == ["INSERT", "WITH", "COMMIT"]
     with app.uow.readonly() as uow:
         result = verify_audit(uow)
     assert result.ok and result.records >= 3

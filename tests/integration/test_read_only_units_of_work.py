@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from jitaccess.adapters.db.tables import api_tokens, audit_log
+from jitaccess.adapters.db.tables import api_tokens, notifications
 from jitaccess.adapters.db.unit_of_work import (
     ReadOnlyViolation,
     SqlUnitOfWorkFactory,
@@ -18,7 +18,7 @@ from jitaccess.adapters.db.unit_of_work import (
 )
 from jitaccess.bootstrap import Container
 from jitaccess.domain.errors import NotFound
-from jitaccess.ports import ApiToken, AuditEntry
+from jitaccess.ports import ApiToken, Notification
 from jitaccess.services.context import refuse
 from jitaccess.services.manage_tokens import create_token
 from jitaccess.services.verify_audit import verify_audit
@@ -105,7 +105,7 @@ def test_a_writer_after_a_reader_on_the_same_connection_gets_a_transaction(
     # One pooled connection: the writer gets the very connection the readers had.
     engine = make_engine(app.settings.resolved_database_url, pool_size=1)
     factory = SqlUnitOfWorkFactory(engine)
-    count = select(func.count()).select_from(audit_log)
+    count = select(func.count()).select_from(notifications)
     try:
         with factory.readonly() as uow:
             before = uow.conn.execute(count).scalar_one()
@@ -113,8 +113,17 @@ def test_a_writer_after_a_reader_on_the_same_connection_gets_a_transaction(
             with factory.readonly(snapshot=snapshot) as uow:
                 uow.tokens.find("x")
             with factory() as uow:
-                uow.audit.append(AuditEntry(actor="t", action="t", subject="s", at=app.clock.now()))
-                uow.audit.flush()
+                uow.notifications.add(
+                    Notification(
+                        id=f"ntf_{snapshot}",
+                        recipient="t",
+                        kind="t",
+                        subject="s",
+                        message="m",
+                        created_at=app.clock.now(),
+                    )
+                )
+                assert uow.conn.execute(count).scalar_one() == before + 1  # sent
                 uow.rollback()  # in a transaction: nothing stays
             with factory.readonly() as uow:
                 assert uow.conn.execute(count).scalar_one() == before

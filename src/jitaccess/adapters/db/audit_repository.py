@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Row, func, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -45,17 +46,10 @@ def _record_from(row: Row[Any]) -> AuditRecord:
     return AuditRecord(seq=m["seq"], entry=entry, prev_hash=m["prev_hash"], hash=m["hash"])
 
 
-_LOCK_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-_LOCK_HEAD_FOR_UPDATE = _LOCK_HEAD.with_for_update()
-# The same, after the unit of work's held writes in one statement (write_buffer.py).
-_LOCK_HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
-# The first append ever: make the head row (a concurrent first writer waits on it, then
-# locks the row the other one made).
-_MAKE_HEAD = text(
-    "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :genesis) ON CONFLICT (id) DO NOTHING"
-).bindparams(genesis=GENESIS)
+# SQLite: BEGIN IMMEDIATE has already serialised writers.
+_READ_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
 # PostgreSQL: the records sealed by the server, under the head's lock, in one statement sent
-# with COMMIT (see `SqlAudit.append_and_commit`): lock the head, hash each record onto the one
+# with COMMIT (see `SqlAudit.commit_postgres`): lock the head, hash each record onto the one
 # before it (sha256 of the previous hash and the record's canonical JSON, whose parts around
 # the record number Python made: chain.canonical_parts), insert them, move the head, and send
 # the unit of work's NOTIFY when it has one. Without a head row the records get no number and
@@ -89,12 +83,14 @@ _APPEND_SQL = {
     True: _APPEND_AND_MOVE
     + ", (SELECT pg_notify(%(channel)s, %(payload)s)) AS notified WHERE audit_head.id = 1",
 }
+IDLE = TransactionStatus.IDLE
+# The first append ever makes the head row (a concurrent first writer waits on it, then locks
+# the row the other one made); afterwards it does nothing.
 _MAKE_HEAD_SQL = (
     "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '" + GENESIS + "') "
     "ON CONFLICT (id) DO NOTHING"
 )
 NOTIFY = text("SELECT pg_notify(:channel, :payload)")
-_NOTIFY_SQL = "SELECT pg_notify(%(channel)s, %(payload)s)"
 # SQLite: BEGIN IMMEDIATE already serialises writers; the head is written with an upsert.
 _UPSERT_HEAD = sqlite_insert(audit_head).values(id=1)
 _UPSERT_HEAD = _UPSERT_HEAD.on_conflict_do_update(
@@ -123,26 +119,75 @@ class SqlAudit:
     def append(self, entry: AuditEntry) -> None:
         self.pending.append(entry)
 
-    def flush(self, writes: WriteBuffer | None = None, notify: Notify | None = None) -> bool:
-        """Send the unit of work's held `writes`, then (SQLite) chain the buffered entries onto
-        the head. `notify` (channel, payload; PostgreSQL) rides along with the writes: True
-        when it was sent. On PostgreSQL, a unit of work with entries commits through
-        `append_and_commit` instead. A failure of the writes is raised as it came; a failure
-        to write the records as `AuditWriteFailed`."""
-        notify = notify if self.is_postgres else None
-        if not self.pending or self.is_postgres:
-            return self._send_writes(writes, notify)
+    def flush(self, writes: WriteBuffer | None = None) -> None:
+        """SQLite: send the unit of work's held `writes`, then chain the pending entries onto
+        the head (a failure to write them raises `AuditWriteFailed`). PostgreSQL commits through
+        `commit_postgres` instead."""
         if writes is not None:
             writes.flush()
+        if not self.pending:
+            return
+        if self.is_postgres:
+            raise RuntimeError("on PostgreSQL the audit records are written by commit_postgres")
         with _audit_write():
             self._flush_sqlite()
         self.pending.clear()
-        return False
 
-    def append_and_commit(self, notify: Notify | None) -> None:
-        """PostgreSQL: seal and insert the pending entries and COMMIT, in one round trip (a
-        pipeline): the head's lock is held while the server works, never across a wait for
-        this process. Everything else of the transaction must have been sent."""
+    def commit_postgres(self, writes: WriteBuffer | None, notify: Notify | None) -> None:
+        """Send what is left of the transaction and COMMIT, in one round trip (a pipeline): the
+        held `writes` (one statement), the pending audit records — sealed by the server under
+        the head's lock, which is thus held while the server works and never while it waits
+        for this process — and `notify` (channel, payload). A failing write is raised as
+        SQLAlchemy raises database errors; a failure to write the records as
+        `AuditWriteFailed`."""
+        if notify is not None and not self.pending:
+            # Rare (most commits that wake a worker also audit): on its own, with SQLAlchemy,
+            # as it returns a row (see WriteBuffer.postgres_statement); the held writes go
+            # just before it.
+            self.conn.execute(NOTIFY, {"channel": notify[0], "payload": notify[1]})
+        raw = self.conn.connection.dbapi_connection
+        assert isinstance(raw, psycopg.Connection)
+        statements: list[tuple[str, dict[str, Any]]] = []
+        if writes:
+            statements.append(writes.postgres_statement())
+        if self.pending:
+            statements.append((_MAKE_HEAD_SQL, {}))  # the first append ever; else it does nothing
+            statements.append((_APPEND_SQL[notify is not None], self._records_params(notify)))
+        if not statements and raw.info.transaction_status == IDLE:
+            return  # nothing was done: nothing to commit
+        cursors = [raw.cursor() for _ in statements]
+        try:
+            with raw.pipeline():
+                for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                    cursor.execute(sql, params or None)
+                # As a statement: Connection.commit() would sync once more on its own.
+                raw.execute(b"COMMIT")
+        except psycopg.Error as error:
+            if raw.broken:
+                # Sent outside SQLAlchemy, which would otherwise hand the dead connection out
+                # again.
+                self.conn.invalidate()
+            # The first statement whose result never came failed (the rest were skipped); if
+            # all came, COMMIT failed.
+            failed = next((i for i, c in enumerate(cursors) if c.pgresult is None), None)
+            if failed is not None and self.pending and failed >= len(statements) - 2:
+                raise AuditWriteFailed(
+                    "the audit record could not be written, so the change was not made"
+                ) from error
+            sql, params = statements[failed] if failed is not None else ("COMMIT", {})
+            raise DBAPIError.instance(
+                sql,
+                params,
+                error,
+                psycopg.Error,
+                connection_invalidated=raw.broken,
+                dialect=self.conn.dialect,
+            ) from error
+        self.pending.clear()
+
+    def _records_params(self, notify: Notify | None) -> dict[str, Any]:
+        """The pending entries as `_APPEND_SQL` reads them: each with its canonical JSON split
+        around the record number (chain.canonical_parts), which the server fills in."""
         records = []
         for n, entry in enumerate(self.pending, start=1):
             kept = normalised(entry)
@@ -166,36 +211,10 @@ class SqlAudit:
         params: dict[str, Any] = {"records": json.dumps(records)}
         if notify is not None:
             params["channel"], params["payload"] = notify
-        raw = self.conn.connection.dbapi_connection
-        assert isinstance(raw, psycopg.Connection)
-        with _audit_write():
-            try:
-                with raw.pipeline():
-                    raw.execute(_MAKE_HEAD_SQL)  # the first append ever; else it does nothing
-                    raw.execute(_APPEND_SQL[notify is not None], params)
-                    # As a statement: Connection.commit() would sync once more on its own.
-                    raw.execute(b"COMMIT")
-            except psycopg.Error:
-                if raw.broken:
-                    # Sent outside SQLAlchemy, which would otherwise hand the dead connection
-                    # out again.
-                    self.conn.invalidate()
-                raise
-        self.pending.clear()
-
-    def _send_writes(self, writes: WriteBuffer | None, notify: Notify | None) -> bool:
-        if not writes:
-            return False
-        assert writes is not None
-        if notify is None or not self.is_postgres:
-            writes.flush()
-            return False
-        sql, params = writes.postgres_statement(_NOTIFY_SQL)
-        self.conn.exec_driver_sql(sql, {**params, "channel": notify[0], "payload": notify[1]})
-        return True
+        return params
 
     def _flush_sqlite(self) -> None:
-        head = self.conn.execute(_LOCK_HEAD).first()
+        head = self.conn.execute(_READ_HEAD).first()
         seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS)
         rows = []
         for entry in self.pending:

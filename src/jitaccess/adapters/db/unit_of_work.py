@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.exc import OperationalError
 
-from jitaccess.adapters.db.audit_repository import NOTIFY, SqlAudit
+from jitaccess.adapters.db.audit_repository import SqlAudit
 from jitaccess.adapters.db.policy_repository import SqlPolicies
 from jitaccess.adapters.db.repositories import SqlGrants, SqlRequests
 from jitaccess.adapters.db.token_repository import SqlTokens
@@ -249,24 +249,19 @@ class SqlUnitOfWork:
         if self.readonly:
             self._record_audit_entries()
             return
-        # NOTIFY is transactional: workers hear it only if this commit succeeds. It goes with
-        # the last statement the audit flush sends, or on its own.
+        # NOTIFY is transactional: workers hear it only if this commit succeeds.
         notify = (NOTIFY_CHANNEL, notify_payload(self._wake_due)) if self._wake else None
         try:
-            if self.is_postgres and self.audit.pending:
-                # The held writes, then the audit records with COMMIT in one round trip.
-                if self.writes is not None:
-                    self.writes.flush()
-                self.audit.append_and_commit(notify)
+            if self.is_postgres:
+                # The held writes, the audit records, NOTIFY and COMMIT: one round trip.
+                self.audit.commit_postgres(self.writes, notify)
             else:
-                notified = self.audit.flush(self.writes, notify)
-                if notify is not None and not notified and self.is_postgres:
-                    self.conn.execute(NOTIFY, {"channel": notify[0], "payload": notify[1]})
+                self.audit.flush(self.writes)
         except AuditWriteFailed:
             self.conn.rollback()
             raise
-        # (After append_and_commit, PostgreSQL has committed: this ends SQLAlchemy's
-        # transaction without a round trip.)
+        # On PostgreSQL the transaction is committed already: this ends SQLAlchemy's own
+        # bookkeeping of it without a round trip.
         self.conn.commit()
         if self._wake and self.on_wake is not None:
             self.on_wake(self._wake_due)

@@ -155,22 +155,29 @@ class WriteBuffer:
         if not self:
             return
         if self.is_postgres:
-            sql, params = self.postgres_statement("SELECT 1")
+            sql, params = self.postgres_statement()
             self._send(lambda: self.conn.exec_driver_sql(sql, params))
             return
         self._send(self._flush_executemany)
 
-    def postgres_statement(self, then: str) -> tuple[str, Row]:
-        """One statement that sends everything held, then runs `then` (a query, which may
-        lock a row: `... FOR UPDATE`); the buffer is emptied."""
+    def postgres_statement(self) -> tuple[str, Row]:
+        """One statement that sends everything held (the buffer is emptied). It returns no
+        rows, so it may go in a pipeline after a streamed query: libpq 18 hands the rows of
+        the next query in a pipeline over in the stream's chunked mode, which psycopg refuses
+        (`unexpected result status: TUPLES_CHUNK`)."""
         params: Row = {}
-        parts = []
-        for n, (table, rows) in enumerate(self._groups("insert")):
-            parts.append(f"i{n} AS ({insert_sql(table, rows, params, f'i{n}')})")
-        for n, (table, rows) in enumerate(self._groups("update")):
-            parts.append(f"u{n} AS ({update_sql(table, rows, params, f'u{n}')})")
+        parts = [
+            insert_sql(table, rows, params, f"i{n}")
+            for n, (table, rows) in enumerate(self._groups("insert"))
+        ]
+        parts += [
+            update_sql(table, rows, params, f"u{n}")
+            for n, (table, rows) in enumerate(self._groups("update"))
+        ]
         self.clear()
-        return f"WITH {', '.join(parts)} {then}", params
+        # The last write is the statement itself; the others, data-modifying CTEs before it.
+        ctes = ", ".join(f"w{n} AS ({part})" for n, part in enumerate(parts[:-1]))
+        return (f"WITH {ctes} {parts[-1]}" if ctes else parts[-1]), params
 
     def _flush_executemany(self) -> None:
         groups = [("insert", g) for g in self._groups("insert")]
