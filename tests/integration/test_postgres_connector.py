@@ -3,6 +3,8 @@ about logins, the shared server for the rest."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jitaccess.adapters.connectors.postgres import PostgresConnector
+from jitaccess.adapters.connectors.scram import Verifiers, scram_sha256_verifier
 from jitaccess.domain.errors import ConnectorError
 from jitaccess.domain.policy import ConnectionRef, Target
 from jitaccess.ports import Access
@@ -403,3 +406,30 @@ def test_a_pooled_connection_killed_by_the_server_is_replaced(
     )
 
     connector.check()
+
+
+def test_verifiers_are_those_libpq_makes(shared: str) -> None:
+    # scram.py makes what libpq's PQencryptPasswordConn makes: same salt and count, same
+    # verifier (logins with the connector's passwords are tested above, on a cluster that
+    # checks them).
+    with psycopg.connect(shared) as conn:
+        for password in ("pencil", secrets.token_urlsafe(24)):
+            made = conn.pgconn.encrypt_password(password.encode(), b"u", b"scram-sha-256")
+            method, rest = made.decode().split("$", 1)
+            iterations, salt = rest.split("$")[0].split(":")
+            assert method == "SCRAM-SHA-256"
+            ours = scram_sha256_verifier(
+                password, salt=base64.b64decode(salt), iterations=int(iterations)
+            )
+            assert ours == made.decode()
+
+
+def test_verifiers_are_made_ahead_and_handed_out_once() -> None:
+    verifiers = Verifiers(ahead=2)
+    taken = [verifiers.take() for _ in range(6)]  # more than are made ahead: made on demand
+    assert len({password for password, _ in taken}) == 6
+    for password, verifier in taken:
+        salt = base64.b64decode(verifier.split("$")[1].split(":")[1])
+        assert scram_sha256_verifier(password, salt=salt) == verifier
+    with pytest.raises(ValueError, match="printable ASCII"):
+        scram_sha256_verifier("pässword")

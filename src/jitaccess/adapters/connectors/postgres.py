@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from jitaccess.adapters.connectors.scram import VERIFIERS
 from jitaccess.domain.errors import ConnectorError
 from jitaccess.domain.policy import Target
 from jitaccess.ports import Access, ExistingAccess
@@ -147,10 +147,12 @@ class PostgresConnector:
     def provision(self, access: Access) -> dict[str, str]:
         name = login_role_name(access.principal, access.grant_id)
         member_of = _granted_roles(access)
-        password = secrets.token_urlsafe(24)
+        # Only the SCRAM verifier reaches the server: the password stays out of its logs and
+        # statements. Verifiers are made ahead of need (scram.py).
+        password, verifier = VERIFIERS.take()
         for attempt in (1, 2):
             try:
-                self._run(lambda conn: self._provision(conn, access, name, member_of, password))
+                self._run(lambda conn: self._provision(conn, access, name, member_of, verifier))
                 break
             except ConnectorError as exc:
                 # Two workers creating the same role: the loser retries and takes the ALTER path.
@@ -292,12 +294,8 @@ class PostgresConnector:
     # --- steps ------------------------------------------------------------------------------
 
     def _provision(
-        self, conn: Connection, access: Access, name: str, member_of: list[str], password: str
+        self, conn: Connection, access: Access, name: str, member_of: list[str], verifier: str
     ) -> None:
-        # A SCRAM verifier computed here keeps the password out of server logs and statements.
-        verifier = conn.pgconn.encrypt_password(
-            password.encode(), name.encode(), b"scram-sha-256"
-        ).decode()
         limit = int(self._options.get("connection_limit", -1))
         attributes = sql.SQL("LOGIN INHERIT PASSWORD {} VALID UNTIL {} CONNECTION LIMIT {}").format(
             sql.Literal(verifier),
@@ -307,21 +305,25 @@ class PostgresConnector:
         comment = f"jitaccess grant {access.grant_id} principal {access.principal}"
         ident = sql.Identifier(name)
         with conn.transaction():
-            present = conn.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [member_of]
-            )
-            missing = sorted(set(member_of) - {row[0] for row in present})
+            # One round trip for what is there (the roles to grant, and this grant's role if a
+            # retry after a crash finds it), one for everything to do.
+            row = conn.execute(_PROVISION_CHECK, [member_of, name]).fetchone()
+            assert row is not None
+            missing = sorted(set(member_of) - set(row[0]))
             if missing:
                 raise ConnectorError(self._say(f"postgres_roles not found: {', '.join(missing)}"))
-            found = _find_role(conn, name)
+            found = _found(row[1], row[2])
             if found and found[1] != access.grant_id:
                 raise ConnectorError(self._say(f"role {name} exists and is not this grant's"))
             # A retry after a crash finds the role: it gets a new password and the same end.
             verb = sql.SQL("ALTER" if found else "CREATE")
-            conn.execute(sql.SQL("{} ROLE {} WITH ").format(verb, ident) + attributes)
-            conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(ident, sql.Literal(comment)))
-            for role in member_of:
-                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), ident))
+            steps = [
+                sql.SQL("{} ROLE {} WITH ").format(verb, ident) + attributes,
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(ident, sql.Literal(comment)),
+                *(sql.SQL("GRANT {} TO {}").format(sql.Identifier(r), ident) for r in member_of),
+            ]
+            # Several statements in one query: no parameters (values are quoted literals).
+            conn.execute(sql.SQL("; ").join(steps))
 
     def _disable(self, conn: Connection, name: str, grant_id: str) -> int | None:
         """Stop new logins; the role's oid, or None when there is nothing of ours to revoke."""
@@ -441,10 +443,22 @@ def _find_role(conn: Connection, name: str) -> tuple[int, str | None] | None:
     row = conn.execute(
         "SELECT oid, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", [name]
     ).fetchone()
-    if row is None:
+    return None if row is None else _found(row[0], row[1])
+
+
+def _found(oid: int | None, comment: str | None) -> tuple[int, str | None] | None:
+    if oid is None:
         return None
-    match = _COMMENT.match(row[1] or "")
-    return int(row[0]), (match["grant_id"] if match else None)
+    match = _COMMENT.match(comment or "")
+    return int(oid), (match["grant_id"] if match else None)
+
+
+# Which of the roles to grant exist; this grant's role's oid and comment (NULLs if none).
+_PROVISION_CHECK = """
+SELECT ARRAY(SELECT rolname::text FROM pg_roles WHERE rolname = ANY(%s)),
+       r.oid, shobj_description(r.oid, 'pg_authid')
+FROM (SELECT %s::text AS name) wanted LEFT JOIN pg_roles r ON r.rolname = wanted.name
+"""
 
 
 def _describe(exc: psycopg.Error) -> str:
