@@ -224,6 +224,10 @@ class GrantRepository(Protocol):
         """Grants on `target` not yet ended."""
         ...
 
+    def iter_live_on(self, target: str) -> Iterator[Grant]:
+        """The same, one at a time as they are read (valid while the unit of work is open)."""
+        ...
+
     def count_live(self, role: str) -> int:
         """Grants of `role` not yet ended (scheduled, activating, active, revoking)."""
         ...

@@ -3,6 +3,7 @@ streamed, in order; a corrupt row fails naming its version; the document is read
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -163,3 +164,17 @@ def test_threads_asking_at_once_build_a_version_once(
         thread.join()
     assert len(builds) == 1
     assert found[0] is found[1] is found[2]
+
+
+def test_a_loaded_version_is_left_out_of_later_collections(app: Container) -> None:
+    # Frozen once built: a full collection in the worker's process does not walk its objects
+    # (at 1M rows, each one paused revocations for hundreds of milliseconds).
+    store(app, large_document())
+    gc.unfreeze()
+    try:
+        loaded = current(app)
+        assert gc.get_freeze_count() > len(loaded.policy.eligibility)
+        row = loaded.policy.eligibility[1]
+        assert not any(row is o for o in gc.get_objects())  # only unfrozen objects are listed
+    finally:
+        gc.unfreeze()

@@ -163,6 +163,9 @@ class _Grants:
             [g for g in self.store.grants.values() if g.target == target and g.is_live]
         )
 
+    def iter_live_on(self, target: str) -> Iterator[Grant]:
+        return iter(self.live_on(target))
+
     def count_live(self, role: str) -> int:
         return sum(1 for g in self.store.grants.values() if g.role == role and g.is_live)
 

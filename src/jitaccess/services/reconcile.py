@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from jitaccess.domain.model import Grant, GrantState, new_id
 from jitaccess.domain.policy import DriftAction, Policy, Target
@@ -31,6 +32,7 @@ from jitaccess.ports import (
 from jitaccess.services.context import audit, current_policy
 from jitaccess.services.grant_issuing import access_of
 from jitaccess.services.notify import notify
+from jitaccess.services.pacing import Pace, paced
 
 MAX_ERROR = 500
 
@@ -111,11 +113,12 @@ def reconcile(
     with uow_factory() as uow:
         policy = current_policy(uow).policy
     report = ReconcileReport()
+    pace = Pace()
     for target in policy.targets.values():
         if only and target.name not in only:
             continue
         report.targets.append(
-            _reconcile_target(uow_factory, clock, connectors, policy, target, actor)
+            _reconcile_target(uow_factory, clock, connectors, policy, target, actor, pace)
         )
     return report
 
@@ -127,7 +130,10 @@ def _reconcile_target(
     policy: Policy,
     target: Target,
     actor: str,
+    pace: Pace,
 ) -> TargetReport:
+    """The heavy loops (every live grant of the target, every account it lists) are `paced`:
+    this runs beside the worker's revocations, in its process."""
     result = TargetReport(target.name)
     governed = [r.grants_dict() for r in policy.roles.values() if r.target == target.name]
     try:
@@ -139,7 +145,9 @@ def _reconcile_target(
         # while it ran is not).
         with uow_factory() as uow:
             active_before = {
-                g.id for g in uow.grants.live_on(target.name) if g.state is GrantState.ACTIVE
+                g.id
+                for g in paced(uow.grants.iter_live_on(target.name), pace)
+                if g.state is GrantState.ACTIVE
             }
         existing = connector.list_access(governed)
     except Exception as exc:
@@ -149,12 +157,21 @@ def _reconcile_target(
     result.listed = len(existing)
     with uow_factory() as uow:
         now = clock.now()
-        live = uow.grants.live_on(target.name)
-        explained_ids = {g.id for g in live}
-        explained_accounts = {a for g in live for a in _accounts(connector, policy, g)}
+        # Grants are read one at a time and only their ids and accounts kept (strings, which
+        # the garbage collector does not walk): holding 100,000 Grant objects made the full
+        # collections that followed pause the whole process, revocations included.
+        explained_ids: set[str] = set()
+        explained_accounts: set[str] = set()
+        could_be_missing: list[_Held] = []
+        for grant in paced(uow.grants.iter_live_on(target.name), pace):
+            accounts = tuple(_accounts(connector, policy, grant))
+            explained_ids.add(grant.id)
+            explained_accounts.update(accounts)
+            if grant.state is GrantState.ACTIVE and grant.id in active_before:
+                could_be_missing.append(_Held(grant.id, grant.principal, grant.role, accounts))
         unexplained = [
             e
-            for e in existing
+            for e in paced(existing, pace)
             if (e.grant_id is None or e.grant_id not in explained_ids)
             and e.account not in explained_accounts
         ]
@@ -162,11 +179,8 @@ def _reconcile_target(
         present_accounts = {e.account for e in existing}
         missing = [
             g
-            for g in live
-            if g.state is GrantState.ACTIVE
-            and g.id in active_before
-            and g.id not in present_ids
-            and not set(_accounts(connector, policy, g)) <= present_accounts
+            for g in could_be_missing
+            if g.id not in present_ids and not set(g.accounts) <= present_accounts
         ]
         findings = {(f.kind, f.account): f for f in uow.drift.open_for(target.name)}
         seen: set[tuple[str, str]] = set()
@@ -219,25 +233,25 @@ def _reconcile_target(
                 f"no grant explains: {', '.join(e.account for e in fresh[:5])}",
                 data={"accounts": [e.account for e in fresh]},
             )
-        for grant in missing:
-            key = ("missing", grant.id)
+        for held in missing:
+            key = ("missing", held.id)
             seen.add(key)
-            locked = uow.grants.get(grant.id, for_update=True)
+            locked = uow.grants.get(held.id, for_update=True)
             if locked is None or locked.state is not GrantState.ACTIVE:
                 continue
             locked.reprovision(now)
             uow.grants.save(locked)
             uow.wake_worker()
-            result.missing.append(grant.id)
+            result.missing.append(held.id)
             uow.drift.add(
                 DriftFinding(
                     id=new_id("drf"),
                     target=target.name,
                     kind="missing",
-                    account=grant.id,
-                    principal=grant.principal,
-                    grant_id=grant.id,
-                    detail={"role": grant.role},
+                    account=held.id,
+                    principal=held.principal,
+                    grant_id=held.id,
+                    detail={"role": held.role},
                     found_at=now,
                     last_seen_at=now,
                     state="repaired",
@@ -249,8 +263,8 @@ def _reconcile_target(
                 now,
                 actor,
                 "drift.missing",
-                grant.id,
-                data={"target": target.name, "role": grant.role, "action": "reprovision"},
+                held.id,
+                data={"target": target.name, "role": held.role, "action": "reprovision"},
             )
         for key, finding in findings.items():
             if key not in seen:
@@ -263,6 +277,15 @@ def _reconcile_target(
             _remove(uow_factory, clock, connector, target, entry, actor, result)
     _record_health(uow_factory, clock, target, result, reconciled=True)
     return result
+
+
+class _Held(NamedTuple):
+    """What reconcile keeps of an active grant while it compares (see _reconcile_target)."""
+
+    id: str
+    principal: str
+    role: str
+    accounts: tuple[str, ...]
 
 
 def _accounts(connector: Connector, policy: Policy, grant: Grant) -> list[str]:

@@ -68,10 +68,13 @@ class FakeConnector:
         with self._lock:
             if self.failing:
                 raise ConnectorError("fake target is down")
-            return [
-                ExistingAccess(principal=a.principal, account=k, grant_id=a.grant_id or None)
-                for k, a in self.present.items()
-            ]
+            # A copy under the lock, the listing outside it: with 100,000 accounts, building
+            # it took the lock from provisions and revokes for a second.
+            present = list(self.present.items())
+        return [
+            ExistingAccess(principal=a.principal, account=k, grant_id=a.grant_id or None)
+            for k, a in present
+        ]
 
     def remove(self, existing: ExistingAccess) -> None:
         with self._lock:

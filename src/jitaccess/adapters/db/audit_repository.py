@@ -6,7 +6,6 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Generator, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -100,14 +99,7 @@ _UPSERT_HEAD = _UPSERT_HEAD.on_conflict_do_update(
 Notify = tuple[str, str]  # a NOTIFY's channel and payload
 
 
-@contextmanager
-def _audit_write() -> Iterator[None]:
-    try:
-        yield
-    except (DBAPIError, psycopg.Error) as error:
-        raise AuditWriteFailed(
-            "the audit record could not be written, so the change was not made"
-        ) from error
+_AUDIT_FAILED = "the audit record could not be written, so the change was not made"
 
 
 class SqlAudit:
@@ -129,8 +121,10 @@ class SqlAudit:
             return
         if self.is_postgres:
             raise RuntimeError("on PostgreSQL the audit records are written by commit_postgres")
-        with _audit_write():
+        try:
             self._flush_sqlite()
+        except DBAPIError as error:
+            raise AuditWriteFailed(_AUDIT_FAILED) from error
         self.pending.clear()
 
     def commit_postgres(self, writes: WriteBuffer | None, notify: Notify | None) -> None:
@@ -171,9 +165,7 @@ class SqlAudit:
             # all came, COMMIT failed.
             failed = next((i for i, c in enumerate(cursors) if c.pgresult is None), None)
             if failed is not None and self.pending and failed >= len(statements) - 2:
-                raise AuditWriteFailed(
-                    "the audit record could not be written, so the change was not made"
-                ) from error
+                raise AuditWriteFailed(_AUDIT_FAILED) from error
             sql, params = statements[failed] if failed is not None else ("COMMIT", {})
             raise DBAPIError.instance(
                 sql,

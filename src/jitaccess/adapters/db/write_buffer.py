@@ -141,7 +141,8 @@ class WriteBuffer:
             return
         self.updates.setdefault(table, {}).setdefault(key, {}).update(values)
 
-    def holds_update(self, table: Table, key: Any) -> bool:
+    def holds_row(self, table: Table, key: Any) -> bool:
+        """Whether an insert or an update of that row is held."""
         return key in self.inserts.get(table, {}) or key in self.updates.get(table, {})
 
     def clear(self) -> None:
