@@ -7,10 +7,12 @@ import time
 from jitaccess.services.pacing import Pace, paced
 
 
-def _burn(seconds: float) -> None:
-    until = time.thread_time() + seconds
+def _burn(seconds: float) -> int:
+    """Use `seconds` of this thread's CPU; returns the loops it took."""
+    until, loops = time.thread_time() + seconds, 0
     while time.thread_time() < until:
-        pass
+        loops += 1
+    return loops
 
 
 def test_a_step_after_a_slice_of_cpu_rests_as_long() -> None:
@@ -18,7 +20,7 @@ def test_a_step_after_a_slice_of_cpu_rests_as_long() -> None:
     for _ in range(Pace.EVERY - 1):
         pace()  # the clock is looked at every EVERY steps only
     assert pace.rested == 0.0
-    _burn(0.01)
+    assert _burn(0.01) > 0
     started = time.monotonic()
     pace()
     assert pace.rested >= 0.01
