@@ -10,7 +10,6 @@ the `create_token` use case; each thread asks about its own principal's grant.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import httpx
 import psutil  # type: ignore[import-untyped]  # no stubs in the dev extras (types-psutil)
 
 from bench.bulk import ActiveGrant, insert_active_grants, settle
-from bench.setup import ForeignLoad, jitaccess_stack, progress, run_id
+from bench.setup import ForeignLoad, jitaccess_stack, process_env, progress, run_id
 from jitaccess.services.manage_tokens import create_token
 
 NAME = "check_api"
@@ -87,12 +86,7 @@ def measure(store: str, plan: Plan) -> dict[str, Any]:
                 )
             tokens.append(secret)
         url = container.settings.resolved_database_url
-        env = {
-            **os.environ,
-            "JITACCESS_DATABASE_URL": url,
-            "JITACCESS_DATA_DIR": str(container.settings.data_dir),
-            "JITACCESS_LOG_LEVEL": "warning",
-        }
+        env = process_env(container)
         servers = {
             "bare": [sys.executable, "-m", "bench.bare_check", "--database-url", url],
             "jitaccess": [

@@ -18,7 +18,6 @@ to say where the memory and time go.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ from sqlalchemy import select
 from bench import policy_document
 from bench.bulk import ActiveGrant, insert_activating_grant, insert_active_grants
 from bench.check_api import ROOT, start_server
-from bench.setup import Stack, jitaccess_stack, progress, run_id
+from bench.setup import Stack, jitaccess_stack, process_env, progress, run_id
 from jitaccess.adapters.db.tables import grants
 from jitaccess.bootstrap import Container
 from jitaccess.ports import PolicyVersion
@@ -195,15 +194,9 @@ def _one_size(
         progress(f"{name}: baseline: the frame policy alone ({rows} eligibility row)")
     role = policy_document.role_name(0)
     sentinel = insert_activating_grant(container, frame, policy_document.SENTINEL, role)
-    env = {
-        **os.environ,
-        "JITACCESS_DATABASE_URL": container.settings.resolved_database_url,
-        "JITACCESS_DATA_DIR": str(container.settings.data_dir),
-        "JITACCESS_LOG_LEVEL": "warning",
-        # The fake target of this process starts empty: drift repair would re-provision
-        # every grant. Every other setting is the default (the health job runs at start).
-        "JITACCESS_RECONCILE_INTERVAL_SECONDS": "0",
-    }
+    # The fake target of this process starts empty: drift repair would re-provision every
+    # grant. Every other setting is the default (the health job runs at start).
+    env = process_env(container, JITACCESS_RECONCILE_INTERVAL_SECONDS="0")
     command = [sys.executable, "-m", "jitaccess.entrypoints.cli", "serve"]
     launched = time.monotonic()
     point: dict[str, Any] = {"users": users, "eligibility_rows": rows, "policy_json_mb": stored_mb}

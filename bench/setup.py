@@ -323,6 +323,19 @@ def _database_url(store: str, workdir: Path) -> Iterator[str]:
         yield libpq_dsn_to_url(dsn)
 
 
+def process_env(container: Container, **settings: str) -> dict[str, str]:
+    """The environment of a jitaccess process the bench starts on `container`'s database and
+    data directory (so the same secret key), logging warnings only, plus `settings`
+    (`JITACCESS_*` names)."""
+    return {
+        **os.environ,
+        "JITACCESS_DATABASE_URL": container.settings.resolved_database_url,
+        "JITACCESS_DATA_DIR": str(container.settings.data_dir),
+        "JITACCESS_LOG_LEVEL": "warning",
+        **settings,
+    }
+
+
 def grant_states(container: Container) -> dict[str, int]:
     with container.engine.connect() as conn:
         rows = conn.execute(text("SELECT state, count(*) FROM grants GROUP BY state")).all()

@@ -14,7 +14,6 @@ one transaction per grant.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import sqlite3
 import subprocess
@@ -39,6 +38,7 @@ from bench.setup import (
     ForeignLoad,
     Stack,
     jitaccess_stack,
+    process_env,
     progress,
     run_id,
     scratch_database,
@@ -139,15 +139,8 @@ def measure(store: str, plan: Plan, *, worker_process: bool = False) -> dict[str
 def _worker_process(bench: Stack, warm_up_user: str) -> Iterator[Callable[[], float]]:
     """`jitaccess worker` on the bench's database, ready (it has provisioned a warm-up grant);
     yields a reading of the CPU seconds it has used."""
-    settings = bench.container.settings
-    env = {
-        **os.environ,
-        "JITACCESS_DATABASE_URL": settings.resolved_database_url,
-        "JITACCESS_DATA_DIR": str(settings.data_dir),
-        "JITACCESS_LOG_LEVEL": "warning",
-        # Its fake target starts empty: drift repair has nothing to find in it.
-        "JITACCESS_RECONCILE_INTERVAL_SECONDS": "0",
-    }
+    # Its fake target starts empty: drift repair has nothing to find in it.
+    env = process_env(bench.container, JITACCESS_RECONCILE_INTERVAL_SECONDS="0")
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "jitaccess.entrypoints.cli", "worker"],

@@ -220,12 +220,9 @@ class GrantRepository(Protocol):
 
     def live_for(self, principal: str, role: str) -> builtins.list[Grant]: ...
 
-    def live_on(self, target: str) -> builtins.list[Grant]:
-        """Grants on `target` not yet ended."""
-        ...
-
     def iter_live_on(self, target: str) -> Iterator[Grant]:
-        """The same, one at a time as they are read (valid while the unit of work is open)."""
+        """Grants on `target` not yet ended, one at a time as they are read (valid while the
+        unit of work is open)."""
         ...
 
     def count_live(self, role: str) -> int:

@@ -158,13 +158,9 @@ class _Grants:
             ]
         )
 
-    def live_on(self, target: str) -> builtins.list[Grant]:
-        return copy.deepcopy(
-            [g for g in self.store.grants.values() if g.target == target and g.is_live]
-        )
-
     def iter_live_on(self, target: str) -> Iterator[Grant]:
-        return iter(self.live_on(target))
+        live = [g for g in self.store.grants.values() if g.target == target and g.is_live]
+        return iter(copy.deepcopy(live))
 
     def count_live(self, role: str) -> int:
         return sum(1 for g in self.store.grants.values() if g.role == role and g.is_live)

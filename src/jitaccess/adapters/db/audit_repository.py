@@ -82,7 +82,7 @@ _APPEND_SQL = {
     True: _APPEND_AND_MOVE
     + ", (SELECT pg_notify(%(channel)s, %(payload)s)) AS notified WHERE audit_head.id = 1",
 }
-IDLE = TransactionStatus.IDLE
+_IDLE = TransactionStatus.IDLE
 # The first append ever makes the head row (a concurrent first writer waits on it, then locks
 # the row the other one made); afterwards it does nothing.
 _MAKE_HEAD_SQL = (
@@ -147,7 +147,7 @@ class SqlAudit:
         if self.pending:
             statements.append((_MAKE_HEAD_SQL, {}))  # the first append ever; else it does nothing
             statements.append((_APPEND_SQL[notify is not None], self._records_params(notify)))
-        if not statements and raw.info.transaction_status == IDLE:
+        if not statements and raw.info.transaction_status == _IDLE:
             return  # nothing was done: nothing to commit
         cursors = [raw.cursor() for _ in statements]
         try:
@@ -184,22 +184,15 @@ class SqlAudit:
         for n, entry in enumerate(self.pending, start=1):
             kept = normalised(entry)
             before, after = canonical_parts(kept)
-            records.append(
-                {
-                    "n": n,
-                    "at": format_time(kept.at).rstrip("Z"),
-                    "actor": kept.actor,
-                    "action": kept.action,
-                    "subject": kept.subject,
-                    "outcome": kept.outcome,
-                    "justification": kept.justification,
-                    "ticket": kept.ticket,
-                    "comment": kept.comment,
-                    "data": kept.data,
-                    "before": before.decode("ascii"),
-                    "after": after.decode("ascii"),
-                }
-            )
+            fields = record_fields(n, kept)
+            del fields["seq"]  # the server numbers them
+            fields |= {
+                "n": n,
+                "at": format_time(kept.at).rstrip("Z"),
+                "before": before.decode("ascii"),
+                "after": after.decode("ascii"),
+            }
+            records.append(fields)
         params: dict[str, Any] = {"records": json.dumps(records)}
         if notify is not None:
             params["channel"], params["payload"] = notify

@@ -334,9 +334,6 @@ class SqlGrants:
         rows = self.conn.execute(_LIVE_FOR, {"b_principal": principal, "b_role": role})
         return [_grant_from(r) for r in rows]
 
-    def live_on(self, target: str) -> builtins.list[Grant]:
-        return list(self.iter_live_on(target))
-
     def iter_live_on(self, target: str) -> Iterator[Grant]:
         # Fetched 500 at a time (a server-side cursor on PostgreSQL): receiving 100,000 rows
         # at once holds Python's interpreter lock for a long stretch in the driver.

@@ -123,7 +123,6 @@ class WriteBuffer:
         self.is_postgres = conn.dialect.name == "postgresql"
         self.inserts: dict[Table, dict[Any, Row]] = {}
         self.updates: dict[Table, dict[Any, Row]] = {}
-        self.sending = False
 
     def __bool__(self) -> bool:
         return bool(self.inserts or self.updates)
@@ -152,74 +151,61 @@ class WriteBuffer:
     # --- sending ---------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Send everything held now."""
+        """Send everything held now. The buffer is emptied before anything is sent, so the
+        statements sent here do not send it again (see `_before_execute`)."""
         if not self:
             return
         if self.is_postgres:
             sql, params = self.postgres_statement()
-            self._send(lambda: self.conn.exec_driver_sql(sql, params))
+            self.conn.exec_driver_sql(sql, params)
             return
-        self._send(self._flush_executemany)
+        inserts, updates = self._take()
+        for table, rows in _groups(inserts, add_key=False):
+            self.conn.execute(table.insert(), rows)
+        for table, rows in _groups(updates, add_key=True):
+            writer = _table_writer(table)
+            keyed = [{("b_key" if k == writer.key else k): v for k, v in r.items()} for r in rows]
+            self.conn.execute(writer.update_by_key, keyed)
 
     def postgres_statement(self) -> tuple[str, Row]:
         """One statement that sends everything held (the buffer is emptied). It returns no
         rows, so it may go in a pipeline after a streamed query: libpq 18 hands the rows of
         the next query in a pipeline over in the stream's chunked mode, which psycopg refuses
         (`unexpected result status: TUPLES_CHUNK`)."""
+        inserts, updates = self._take()
         params: Row = {}
         parts = [
             insert_sql(table, rows, params, f"i{n}")
-            for n, (table, rows) in enumerate(self._groups("insert"))
+            for n, (table, rows) in enumerate(_groups(inserts, add_key=False))
         ]
         parts += [
             update_sql(table, rows, params, f"u{n}")
-            for n, (table, rows) in enumerate(self._groups("update"))
+            for n, (table, rows) in enumerate(_groups(updates, add_key=True))
         ]
-        self.clear()
         # The last write is the statement itself; the others, data-modifying CTEs before it.
         ctes = ", ".join(f"w{n} AS ({part})" for n, part in enumerate(parts[:-1]))
         return (f"WITH {ctes} {parts[-1]}" if ctes else parts[-1]), params
 
-    def _flush_executemany(self) -> None:
-        groups = [("insert", g) for g in self._groups("insert")]
-        groups += [("update", g) for g in self._groups("update")]
-        for kind, (table, rows) in groups:
-            writer = _table_writer(table)
-            if kind == "insert":
-                self.conn.execute(table.insert(), rows)
-            else:
-                keyed = [{**row, "b_key": row[writer.key]} for row in rows]
-                for row in keyed:
-                    del row[writer.key]
-                self.conn.execute(writer.update_by_key, keyed)
+    def _take(self) -> tuple[dict[Table, dict[Any, Row]], dict[Table, dict[Any, Row]]]:
+        """What is held, inserts and updates; the buffer is left empty."""
+        taken = self.inserts, self.updates
+        self.inserts, self.updates = {}, {}
+        return taken
 
-    def _groups(self, kind: str) -> list[tuple[Table, list[Row]]]:
-        """The held rows of `kind` by table, in the order the tables were first written, split
-        by the set of columns they carry (one statement needs the same columns in every row).
-        Update rows carry the key as their first column."""
-        held = self.inserts if kind == "insert" else self.updates
-        if kind == "update":
-            self.updates = {}
-        else:
-            self.inserts = {}
-        groups: list[tuple[Table, list[Row]]] = []
-        for table, rows in held.items():
-            key = _table_writer(table).key
-            by_columns: dict[tuple[str, ...], list[Row]] = {}
-            for row_key, held_row in rows.items():
-                row = held_row
-                if kind == "update":
-                    row = {key: row_key, **{k: v for k, v in held_row.items() if k != key}}
-                by_columns.setdefault(tuple(row), []).append(row)
-            groups += [(table, group) for group in by_columns.values()]
-        return groups
 
-    def _send(self, send: Callable[[], Any]) -> None:
-        self.sending = True
-        try:
-            send()
-        finally:
-            self.sending = False
+def _groups(held: dict[Table, dict[Any, Row]], *, add_key: bool) -> list[tuple[Table, list[Row]]]:
+    """`held` rows (by table, then by primary key) in the order the tables were first written,
+    split by the set of columns they carry (one statement needs the same columns in every row).
+    With `add_key` (update rows are held without their key) it is put first."""
+    groups: list[tuple[Table, list[Row]]] = []
+    for table, rows in held.items():
+        key = _table_writer(table).key
+        by_columns: dict[tuple[str, ...], list[Row]] = {}
+        for row_key, held_row in rows.items():
+            row = {key: row_key, **held_row} if add_key else held_row
+            by_columns.setdefault(tuple(row), []).append(row)
+        groups += [(table, group) for group in by_columns.values()]
+    return groups
 
 
 def install(engine: Engine) -> None:
@@ -229,5 +215,5 @@ def install(engine: Engine) -> None:
 
 def _before_execute(conn: Connection, *_: Any) -> None:
     buffer: WriteBuffer | None = conn.info.get(INFO_KEY)
-    if buffer is not None and not buffer.sending and buffer:
+    if buffer:
         buffer.flush()
